@@ -1,0 +1,3 @@
+from mfmseg.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,310 @@
+"""Typed run configuration: dataclasses, YAML presets and `key=value` overrides.
+
+Defaults are the paper's DAFormer setting (METHOD.md §3); a preset YAML states only what differs from them,
+flat, with no inheritance between presets, so that one file tells the whole story of a run. Unknown keys and
+wrong types are errors that name the key and the nearest valid one: a misspelt `mfm.mask_raito=0.6` must never
+silently train the default.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException, ValidationError
+
+from mfmseg.errors import UserError
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+CITYSCAPES_THING_CLASSES = [6, 7, 11, 12, 13, 14, 15, 16, 17, 18]
+
+
+@dataclass
+class ModelConfig:
+    name: str = "daformer_mitb5"  # a zoo name: `mfmseg models` lists them
+    num_classes: int = 19
+    pretrained: Optional[str] = None  # ImageNet init: a .pth/.safetensors file, a HF folder or hub id; None = random
+    decoder_channels: Optional[int] = None  # override the head width (small CPU presets); None = the paper's
+
+
+@dataclass
+class DatasetConfig:
+    kind: str = "cityscapes"  # gta | synthia | cityscapes | acdc | darkzurich | folder
+    root: str = ""
+    split: str = "train"
+    resize: List[int] = field(default_factory=lambda: [1024, 512])  # [W, H]; a bound when keep_ratio
+    keep_ratio: bool = True
+    crop: List[int] = field(default_factory=lambda: [512, 512])  # [H, W]
+    class_map: Optional[str] = None  # folder datasets: the YAML class map
+
+
+@dataclass
+class RCSConfig:
+    enabled: bool = True
+    temperature: float = 0.01
+    min_pixels: int = 3000
+    min_crop_ratio: float = 0.5
+
+
+@dataclass
+class DataConfig:
+    source: DatasetConfig = field(default_factory=lambda: DatasetConfig(kind="gta", resize=[1280, 720]))
+    target: DatasetConfig = field(default_factory=DatasetConfig)
+    val: DatasetConfig = field(default_factory=lambda: DatasetConfig(split="val"))
+    batch_size: int = 2  # per process, for source and for target
+    num_workers: int = 4
+    cat_max_ratio: float = 0.75  # source crops are re-drawn until no class covers more than this
+    rcs: RCSConfig = field(default_factory=RCSConfig)
+
+
+@dataclass
+class FDConfig:
+    enabled: bool = True
+    weight: float = 0.005
+    cell_ratio: float = 0.75
+    thing_classes: List[int] = field(default_factory=lambda: list(CITYSCAPES_THING_CLASSES))
+
+
+@dataclass
+class MixConfig:
+    color_jitter_strength: float = 0.2
+    color_jitter_p: float = 0.8
+    blur: bool = True
+    batch_wide_classes: bool = False  # reproduce the reference's ClassMix quirk (classes drawn batch-wide)
+
+
+@dataclass
+class MICConfig:
+    enabled: bool = False
+    block_size: int = 32
+    mask_ratio: float = 0.7
+    weight: float = 1.0
+
+
+@dataclass
+class MFMConfig:
+    enabled: bool = False
+    embed_dim: int = 512
+    depth: int = 2
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    grid: int = 16
+    mask_ratio: float = 0.4
+    weight: float = 1.0  # lambda
+    domain: str = "target"  # target | source | both
+    lr: float = 2e-4
+
+
+@dataclass
+class UDAConfig:
+    method: str = "dacs"  # source_only | dacs (DAFormer = dacs + fd + rcs; MIC = dacs + mic)
+    alpha: float = 0.999
+    pseudo_threshold: float = 0.968
+    pseudo_margins: List[int] = field(default_factory=lambda: [15, 120, 0, 0])  # top, bottom, left, right px
+    fd: FDConfig = field(default_factory=FDConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
+    mic: MICConfig = field(default_factory=MICConfig)
+    mfm: MFMConfig = field(default_factory=MFMConfig)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # adamw | sgd
+    lr: float = 6e-5
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    momentum: float = 0.9
+    weight_decay: float = 0.01
+    head_lr_mult: float = 10.0
+    norm_no_decay: bool = True
+    warmup_iters: int = 1500
+    warmup_ratio: float = 1e-6
+    power: float = 1.0
+    min_lr: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    max_iters: int = 40000
+    eval_interval: int = 4000
+    checkpoint_interval: int = 4000
+    log_interval: int = 50
+    panel_interval: int = 4000  # 0 = no image panels
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "none"  # none | bf16 | fp16
+    resume: bool = False
+    grad_checkpointing: bool = False
+    compile: bool = False
+    sync_bn: bool = False
+    deterministic: bool = False
+
+
+@dataclass
+class EvalConfig:
+    mode: str = "whole"  # whole | slide
+    window: List[int] = field(default_factory=lambda: [512, 512])  # [H, W]
+    stride: List[int] = field(default_factory=lambda: [341, 341])
+    batch_size: int = 1
+
+
+@dataclass
+class Config:
+    work_dir: str = "work_dirs/run"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    uda: UDAConfig = field(default_factory=UDAConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.source.kind": ("gta", "synthia", "cityscapes", "acdc", "darkzurich", "folder"),
+    "data.target.kind": ("gta", "synthia", "cityscapes", "acdc", "darkzurich", "folder"),
+    "data.val.kind": ("gta", "synthia", "cityscapes", "acdc", "darkzurich", "folder"),
+    "uda.method": ("source_only", "dacs"),
+    "uda.mfm.domain": ("target", "source", "both"),
+    "optim.name": ("adamw", "sgd"),
+    "train.amp": ("none", "bf16", "fp16"),
+    "eval.mode": ("whole", "slide"),
+}
+
+
+def _all_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in node.items():
+        full = f"{prefix}{k}"
+        keys.append(full)
+        if isinstance(v, (dict, DictConfig)):
+            keys.extend(_all_keys(v, full + "."))
+    return keys
+
+
+def _nearest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    if not close:  # compare the last component too: `train.max_iter` -> `train.max_iters`
+        leaf = key.rsplit(".", 1)[-1]
+        by_leaf = {k.rsplit(".", 1)[-1]: k for k in valid}
+        close = [by_leaf[m] for m in difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.5)]
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _check_keys(data: dict, where: str) -> None:
+    valid = _all_keys(OmegaConf.to_container(OmegaConf.structured(Config)))
+    for key in _all_keys(data):
+        if key not in valid:
+            raise UserError(f"unknown config key '{key}' in {where}{_nearest(key, valid)}")
+
+
+def _merge(base: DictConfig, data: dict, where: str) -> DictConfig:
+    _check_keys(data, where)
+    try:
+        return OmegaConf.merge(base, data)
+    except ValidationError as e:
+        raise UserError(f"bad value for '{e.full_key}' in {where}: {e.msg.splitlines()[0]}") from None
+    except OmegaConfBaseException as e:
+        raise UserError(f"config error in {where}: {str(e).splitlines()[0]}") from None
+
+
+def _parse_overrides(overrides: list[str]) -> dict:
+    nested: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override '{item}' is not key=value (e.g. train.max_iters=100)")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = nested
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override '{item}' conflicts with an earlier override of '{p}'")
+        node[parts[-1]] = value
+    return nested
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    """A YAML path, or the name of a built-in preset (`gta2cs_daformer_mitb5_mfm`)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        return path
+    preset = PRESET_DIR / f"{name_or_path}.yaml"
+    if preset.is_file():
+        return preset
+    names = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    close = difflib.get_close_matches(name_or_path, names, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else f"; presets: {', '.join(names)}"
+    raise UserError(f"no config file or preset named '{name_or_path}'{hint}")
+
+
+def load_config(name_or_path: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML preset <- `key=value` overrides, validated; returns a typed `Config`."""
+    cfg = OmegaConf.structured(Config)
+    if name_or_path is not None:
+        path = resolve_preset(name_or_path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"{path} must hold a mapping of config keys")
+        cfg = _merge(cfg, data, str(path))
+    if overrides:
+        cfg = _merge(cfg, _parse_overrides(overrides), "command-line overrides")
+    config: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    validate(config)
+    return config
+
+
+def config_from_dict(data: dict, where: str = "checkpoint") -> Config:
+    """Rebuild a Config from its saved dict form (checkpoints, work-dir `config.yaml`)."""
+    config: Config = OmegaConf.to_object(_merge(OmegaConf.structured(Config), data, where))  # type: ignore
+    validate(config)
+    return config
+
+
+def to_dict(config: Config) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(config))  # type: ignore[return-value]
+
+
+def to_yaml(config: Config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def get_key(config: Config, key: str) -> Any:
+    return OmegaConf.select(OmegaConf.structured(config), key)
+
+
+def validate(config: Config) -> None:
+    """Value checks that types alone cannot express."""
+    for key, allowed in CHOICES.items():
+        value = get_key(config, key)
+        if value not in allowed:
+            raise UserError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+    m = config.uda.mfm
+    if not 0.0 <= m.mask_ratio < 1.0:
+        raise UserError(f"uda.mfm.mask_ratio={m.mask_ratio} must be in [0, 1)")
+    if m.embed_dim % m.num_heads:
+        raise UserError(f"uda.mfm.embed_dim={m.embed_dim} must be divisible by uda.mfm.num_heads={m.num_heads}")
+    if config.uda.method == "source_only" and (m.enabled and m.domain != "source" or config.uda.mic.enabled):
+        raise UserError("uda.method=source_only has no pseudo-labels: use uda.mfm.domain=source or method=dacs")
+    if len(config.uda.pseudo_margins) != 4:
+        raise UserError("uda.pseudo_margins must list 4 pixel counts: top, bottom, left, right")
+    for name in ("source", "target", "val"):
+        ds: DatasetConfig = getattr(config.data, name)
+        if len(ds.resize) != 2 or len(ds.crop) != 2:
+            raise UserError(f"data.{name}.resize and data.{name}.crop must be [W, H] and [H, W] pairs")
+    if config.train.max_iters < 0 or config.data.batch_size < 1:
+        raise UserError("train.max_iters must be >= 0 and data.batch_size >= 1")
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
