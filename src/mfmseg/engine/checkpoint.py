@@ -1,0 +1,85 @@
+"""Training checkpoints: one atomic file per save, loadable with `weights_only=True`.
+
+A checkpoint holds everything a killed run needs to continue exactly: student, teacher, Rebuilder, optimizer
+(its groups carry `initial_lr`, so the stateless schedule needs nothing else), grad-scaler, RNG states, the
+resolved config, the package version and the git commit. Only tensors, numbers, strings, lists and dicts go in,
+so that nobody has to unpickle code to read it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mfmseg import __version__
+from mfmseg.errors import UserError
+
+TRAIN_FORMAT = "mfmseg-train-v1"
+
+
+def git_commit() -> str:
+    """The commit of the source tree this package runs from ('unknown' outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def run_info() -> dict[str, str]:
+    return {"version": __version__, "git_commit": git_commit()}
+
+
+def rng_state() -> dict[str, Any]:
+    """Global RNG states as plain tensors/lists (weights_only-safe)."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"key": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2])},
+        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy"]["key"].numpy().astype(np.uint32), state["numpy"]["pos"], 0, 0.0))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_torch_file(path: str | Path) -> dict:
+    """`torch.load` with weights_only=True and a one-line error for anything unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt, truncated, or pickled code objects
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot read checkpoint {path}: {first[:200]}") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{path} is not an mfmseg checkpoint (found a {type(obj).__name__})")
+    return obj
+
+
+def load_train_checkpoint(path: str | Path) -> dict:
+    ckpt = load_torch_file(path)
+    if ckpt.get("format") != TRAIN_FORMAT:
+        raise UserError(f"{path} is not an mfmseg training checkpoint (format {ckpt.get('format')!r}, "
+                        f"expected {TRAIN_FORMAT!r})")
+    return ckpt

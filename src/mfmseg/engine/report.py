@@ -1,0 +1,124 @@
+"""What users look at: image panels, loss curves and per-class IoU bars, written as PNGs into the work dir.
+
+Called by the trainer between steps (a callback), never inside the training step. matplotlib runs headless (Agg).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from mfmseg.data.labels import CITYSCAPES_PALETTE, IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def colorize(label: np.ndarray, palette: Sequence[Sequence[int]] = CITYSCAPES_PALETTE) -> np.ndarray:
+    """Train ids H×W -> RGB uint8; ignore (255) and unknown ids are black."""
+    lut = np.zeros((256, 3), np.uint8)
+    lut[: len(palette)] = np.asarray(palette, np.uint8)
+    return lut[label.astype(np.uint8)]
+
+
+def denormalize(img: torch.Tensor) -> np.ndarray:
+    """3×H×W ImageNet-normalised tensor -> H×W×3 uint8."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
+    rgb = (img.detach().float().cpu() * std + mean).clamp(0, 255)
+    return rgb.permute(1, 2, 0).numpy().astype(np.uint8)
+
+
+def to_rgb(t: torch.Tensor) -> np.ndarray:
+    """One panel cell from whatever the step returned: an image, a label map or a mask."""
+    t = t.detach().cpu()
+    if t.dim() == 4:
+        t = t[0]
+    if t.dim() == 3 and t.shape[0] == 3 and t.is_floating_point():
+        return denormalize(t)
+    if t.dim() == 3:
+        t = t[0]
+    if t.dtype == torch.bool or (t.is_floating_point() and t.max() <= 1 and t.min() >= 0):
+        return np.repeat((t.float().numpy() * 255).astype(np.uint8)[..., None], 3, axis=2)
+    return colorize(t.numpy())
+
+
+def write_panel(visuals: Mapping[str, torch.Tensor], path: Path, title: str = "") -> Path:
+    """A grid of the first sample of every visual (input, label, pseudo-label, MFM mask, predictions)."""
+    items = list(visuals.items())
+    cols = min(4, len(items))
+    rows = (len(items) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.6 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (name, t) in zip(axes.flat, items):
+        ax.imshow(to_rgb(t), interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+    if title:
+        fig.suptitle(title)
+    _save(fig, Path(path))
+    return Path(path)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not Path(path).is_file():
+        return []
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def plot_losses(metrics_path: Path, out: Path) -> Path | None:
+    """Training losses (every logged iteration) and validation mIoU over iterations."""
+    rows = read_jsonl(metrics_path)
+    train = [r for r in rows if r.get("kind") == "train"]
+    val = [r for r in rows if r.get("kind") == "val"]
+    if not train:
+        return None
+    keys = sorted({k for r in train for k in r if k.startswith("loss")})
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for k in keys:
+        pts = [(r["iter"], r[k]) for r in train if k in r]
+        ax1.plot(*zip(*pts), label=k)
+    ax1.set_xlabel("iteration")
+    ax1.set_yscale("log")
+    ax1.legend(fontsize=8)
+    ax1.set_title("training losses")
+    if val:
+        ax2.plot([r["iter"] for r in val], [r["mIoU"] for r in val], marker="o")
+    ax2.set_xlabel("iteration")
+    ax2.set_ylabel("mIoU (%)")
+    ax2.set_title("target val mIoU")
+    _save(fig, Path(out))
+    return Path(out)
+
+
+def plot_iou_bars(per_class: Mapping[str, Mapping[str, float]], out: Path, title: str = "per-class IoU") -> Path:
+    """Grouped bars: one group per class, one bar per run (e.g. source-only / DACS / DACS+MFM)."""
+    runs = list(per_class)
+    classes = list(next(iter(per_class.values())))
+    x = np.arange(len(classes))
+    width = 0.8 / max(len(runs), 1)
+    fig, ax = plt.subplots(figsize=(max(8, 0.55 * len(classes) * max(1, len(runs) / 2)), 4))
+    for i, run in enumerate(runs):
+        vals = [per_class[run].get(c, float("nan")) for c in classes]
+        ax.bar(x + (i - (len(runs) - 1) / 2) * width, np.nan_to_num(vals), width, label=run)
+    ax.set_xticks(x)
+    ax.set_xticklabels(classes, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("IoU (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    _save(fig, Path(out))
+    return Path(out)

@@ -1,0 +1,287 @@
+"""The iteration-based training loop: build, step, log, evaluate, checkpoint, resume, summarise.
+
+The loop owns everything around the UDA step (optimiser, schedule, AMP scaler, gradient averaging across ranks,
+logging, checkpoints) and nothing inside it: the losses and their backward passes live in `uda.step.UDAStep`.
+
+Reproducibility: every iteration re-seeds the global RNGs from (seed, rank, iteration) and the data loader draws
+batch i as a function of (seed, rank, i), so a run resumed from a checkpoint continues exactly as the
+uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mfmseg.config import Config, to_dict, to_yaml
+from mfmseg.data.datasets import build_dataset
+from mfmseg.data.sampling import build_uda_loader
+from mfmseg.engine import report
+from mfmseg.engine.checkpoint import (TRAIN_FORMAT, atomic_torch_save, load_train_checkpoint, rng_state, run_info,
+                                      set_rng_state)
+from mfmseg.engine.distributed import (DistContext, all_ranks_agree, allreduce_gradients, broadcast_state,
+                                       init_distributed, shutdown_distributed)
+from mfmseg.engine.evaluate import evaluate
+from mfmseg.engine.optim import apply_lr, build_optimizer, param_groups
+from mfmseg.errors import UserError
+from mfmseg.models.zoo import build_model
+from mfmseg.uda.step import UDAStep
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str, ctx: DistContext) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"train.device={name} but no CUDA device is visible; use train.device=cpu")
+        if ctx.enabled:
+            return torch.device("cuda", ctx.local_rank)
+    return torch.device(name)
+
+
+def seed_iteration(seed: int, rank: int, iteration: int) -> None:
+    """Global RNGs as a pure function of (seed, rank, iteration): dropout, drop-path, masks, mixing."""
+    s = (seed * 1_000_003 + rank * 10_007 + iteration) % (2**31)
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
+def _append_jsonl(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+class Trainer:
+    """One training run in one work dir. `run()` returns the summary dict that it also writes."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.ctx = init_distributed("cuda" if cfg.train.device.startswith("cuda") or (
+            cfg.train.device == "auto" and torch.cuda.is_available()) else "cpu")
+        self.device = resolve_device(cfg.train.device, self.ctx)
+        self.work_dir = Path(cfg.work_dir)
+        self.amp_dtype = AMP_DTYPES[cfg.train.amp]
+        if self.amp_dtype == torch.float16 and self.device.type != "cuda":
+            raise UserError("train.amp=fp16 needs a CUDA device; use train.amp=bf16 on CPU")
+        if cfg.train.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self._prepare_work_dir()
+        seed_iteration(cfg.seed, 0, -1)  # identical initial weights on every rank
+        self.student = build_model(cfg.model).to(self.device)
+        if cfg.train.grad_checkpointing:
+            self.student.set_grad_checkpointing(True)
+        if cfg.train.sync_bn:
+            if not (self.ctx.enabled and self.device.type == "cuda"):
+                raise UserError("train.sync_bn=true needs a multi-GPU run (torchrun on CUDA devices)")
+            self.student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
+        self.step = UDAStep(self.student, cfg.uda, crop_hw=tuple(cfg.data.target.crop), device=self.device)
+        rebuilder = getattr(self.step, "rebuilder", None)
+        self.optimizer = build_optimizer(param_groups(self.student, cfg.optim, rebuilder, cfg.uda.mfm.lr), cfg.optim)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.start_iter = self._maybe_resume()
+        if self.ctx.enabled:
+            broadcast_state([self.student, getattr(self.step, "teacher", None), rebuilder])
+        self.val_set = build_dataset(cfg.data.val, "val") if self.ctx.is_main and cfg.train.eval_interval >= 0 \
+            else None
+        self.writer = self._tensorboard() if self.ctx.is_main else None
+        self.last_eval: dict | None = None
+
+    # ---- setup -------------------------------------------------------------------------------------------
+    def _prepare_work_dir(self) -> None:
+        latest = self.work_dir / "latest.pth"
+        if self.ctx.is_main:
+            if latest.exists() and not self.cfg.train.resume:
+                raise UserError(f"{self.work_dir} already holds a run (latest.pth): pass train.resume=true to "
+                                f"continue it, or choose another work_dir=")
+            if self.cfg.train.resume and not latest.exists():
+                raise UserError(f"train.resume=true but {latest} does not exist")
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            (self.work_dir / "config.yaml").write_text(to_yaml(self.cfg))
+            _write_json(self.work_dir / "run_info.json", {**run_info(), "world_size": self.ctx.world_size})
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is a dependency, but never let logging kill a run
+            return None
+        return SummaryWriter(str(self.work_dir / "tb"))
+
+    def _maybe_resume(self) -> int:
+        if not self.cfg.train.resume:
+            return 0
+        ckpt = load_train_checkpoint(self.work_dir / "latest.pth")
+        self.student.load_state_dict(ckpt["student"])
+        self.step.load_state_dict({"teacher": ckpt.get("teacher"), "rebuilder": ckpt.get("rebuilder")})
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ctx.is_main:
+            set_rng_state(ckpt["rng"])
+        return int(ckpt["iteration"])
+
+    # ---- the loop ------------------------------------------------------------------------------------------
+    def run(self, stop_after: int | None = None) -> dict:
+        """Train to `train.max_iters` (or stop after iteration `stop_after`, as a killed run would)."""
+        cfg, tc = self.cfg, self.cfg.train
+        loader: Iterator[dict] = build_uda_loader(cfg.data, seed=cfg.seed, rank=self.ctx.rank,
+                                                  world_size=self.ctx.world_size, start_iter=self.start_iter)
+        params = list(self.student.parameters()) + list(getattr(self.step, "rebuilder_parameters", list)())
+        bar = tqdm(total=tc.max_iters, initial=self.start_iter, disable=not self.ctx.is_main,
+                   desc=Path(cfg.work_dir).name, dynamic_ncols=True)
+        t0, window = time.time(), []
+        try:
+            for it in range(self.start_iter, tc.max_iters):
+                losses = self._one_iteration(it, next(loader), params)
+                window.append(losses)
+                done = it + 1
+                bar.update(1)
+                if done % tc.log_interval == 0 or done == tc.max_iters:
+                    self._log_train(done, window, t0, bar)
+                    window = []
+                if self._due(done, tc.eval_interval):
+                    self._evaluate(done)
+                if self._due(done, tc.checkpoint_interval):
+                    self._save(done)
+                if stop_after is not None and done >= stop_after:
+                    self._save(done)
+                    return {}
+        finally:
+            bar.close()
+        summary = self._finish(tc.max_iters, time.time() - t0)
+        return summary
+
+    def _due(self, done: int, interval: int) -> bool:
+        return done == self.cfg.train.max_iters or (interval > 0 and done % interval == 0)
+
+    def _one_iteration(self, it: int, batch: dict, params: list) -> dict[str, float]:
+        seed_iteration(self.cfg.seed, self.ctx.rank, it)
+        apply_lr(self.optimizer, it, self.cfg.train.max_iters, self.cfg.optim)
+        self.optimizer.zero_grad(set_to_none=True)
+        want_panel = (self.ctx.is_main and self.cfg.train.panel_interval > 0
+                      and (it + 1) % self.cfg.train.panel_interval == 0)
+        error = None
+        try:
+            losses, visuals = self.step.train_step(_to_device(batch, self.device), it, autocast_dtype=self.amp_dtype,
+                                                   scaler=self.scaler, return_visuals=want_panel)
+        except FloatingPointError as e:
+            error, losses, visuals = e, {}, None
+        if not all_ranks_agree(error is None):
+            last = self.work_dir / "latest.pth"
+            where = f"; the last good checkpoint is {last}" if last.exists() else ""
+            raise UserError(f"{error or 'a non-finite loss on another rank'}{where}; lower optim.lr or check the "
+                            f"data (train.amp=bf16 is more robust than fp16)")
+        if self.ctx.enabled:
+            allreduce_gradients(params, self.ctx.world_size)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if self.ctx.enabled:
+            broadcast_state([self.student, getattr(self.step, "teacher", None)], params=False)
+        if visuals:
+            report.write_panel(visuals, self.work_dir / "panels" / f"iter_{it + 1:06d}.png",
+                               title=f"iteration {it + 1}")
+        return losses
+
+    # ---- logging, evaluation, checkpoints -------------------------------------------------------------------
+    def _log_train(self, done: int, window: list[dict], t0: float, bar: tqdm) -> None:
+        if not self.ctx.is_main or not window:
+            return
+        keys = sorted({k for w in window for k in w})
+        mean = {k: float(np.mean([w[k] for w in window if k in w])) for k in keys}
+        elapsed = time.time() - t0
+        row = {"kind": "train", "iter": done, "lr": self.optimizer.param_groups[0]["lr"],
+               "it_per_s": (done - self.start_iter) / max(elapsed, 1e-9), **mean}
+        _append_jsonl(self.work_dir / "metrics.jsonl", row)
+        if self.writer is not None:
+            for k, v in row.items():
+                if k not in ("kind", "iter"):
+                    self.writer.add_scalar(f"train/{k}", v, done)
+        bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in mean.items()}, refresh=False)
+
+    def _evaluate(self, done: int) -> None:
+        if not self.ctx.is_main or self.val_set is None:
+            return
+        self.student.eval()
+        with torch.no_grad():
+            result = evaluate(self.student, self.val_set, self.cfg.eval, device=self.device, progress=False)
+        self.student.train()
+        self.last_eval = {"iter": done, **result}
+        _append_jsonl(self.work_dir / "metrics.jsonl", {"kind": "val", **self.last_eval})
+        if self.writer is not None:
+            self.writer.add_scalar("val/mIoU", result["mIoU"], done)
+            for name, v in result["per_class_iou"].items():
+                if not math.isnan(v):
+                    self.writer.add_scalar(f"val_iou/{name}", v, done)
+        tqdm.write(f"[iter {done}] target val mIoU {result['mIoU']:.2f}")
+
+    def _save(self, done: int) -> None:
+        if not self.ctx.is_main:
+            return
+        step_state = self.step.state_dict()
+        atomic_torch_save({
+            "format": TRAIN_FORMAT, "config": to_dict(self.cfg), "iteration": done,
+            "student": self.student.state_dict(), "teacher": step_state.get("teacher"),
+            "rebuilder": step_state.get("rebuilder"), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": rng_state(), **run_info(),
+        }, self.work_dir / "latest.pth")
+
+    def _finish(self, iters: int, seconds: float) -> dict:
+        summary: dict = {}
+        if self.ctx.is_main:
+            if self.last_eval is None or self.last_eval["iter"] != iters:
+                self._evaluate(iters)
+            result = self.last_eval or {}
+            summary = {"mIoU": result.get("mIoU"), "mIoU16": result.get("mIoU16"), "mIoU13": result.get("mIoU13"),
+                       "per_class_iou": result.get("per_class_iou", {}), "iters": iters,
+                       "train_seconds": round(seconds, 1), "config": to_dict(self.cfg), **run_info()}
+            _write_json(self.work_dir / "summary.json", summary)
+            report.plot_losses(self.work_dir / "metrics.jsonl", self.work_dir / "loss_curves.png")
+            if summary["per_class_iou"]:
+                report.plot_iou_bars({Path(self.cfg.work_dir).name: summary["per_class_iou"]},
+                                     self.work_dir / "iou_per_class.png")
+            if self.writer is not None:
+                self.writer.close()
+        return summary
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        del self.step, self.student, self.optimizer
+        if self.ctx.enabled:
+            shutdown_distributed()
+
+
+def train(cfg: Config, stop_after: int | None = None) -> dict:
+    """Run (or resume) one training run; returns the summary also written to `work_dir/summary.json`."""
+    trainer = Trainer(cfg)
+    try:
+        return trainer.run(stop_after=stop_after)
+    finally:
+        trainer.close()
+
