@@ -1,0 +1,104 @@
+"""Training-step cost of a preset with and without MFM (and with activation checkpointing), measured in one run.
+
+Each variant runs in its own subprocess so that peak memory (RSS on CPU, CUDA max-allocated on GPU) is its own.
+Synthetic random batches of the preset's crop size stand in for data: this measures the step, not the loader
+(see benchmarks/data_loading.py). The MFM/baseline time ratio is the number the issue asks for (goal ≤ 1.30×).
+
+    python benchmarks/train_step.py --preset synthetic_dacs --steps 10 --out bench_train_step.json
+    python benchmarks/train_step.py --preset gta2cs_daformer_mitb5 --device cuda --amp bf16 --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+VARIANTS = {
+    "baseline": ["uda.mfm.enabled=false"],
+    "mfm": ["uda.mfm.enabled=true"],
+    "mfm+ckpt": ["uda.mfm.enabled=true", "train.grad_checkpointing=true"],
+}
+
+
+def measure(preset: str, overrides: list[str], steps: int, warmup: int) -> dict:
+    """One variant, in this process: mean seconds per step after `warmup` steps, and peak memory."""
+    import torch
+
+    from mfmseg.config import load_config
+    from mfmseg.engine.optim import build_optimizer, param_groups
+    from mfmseg.engine.trainer import AMP_DTYPES, resolve_device, seed_iteration
+    from mfmseg.engine.distributed import DistContext
+    from mfmseg.models.zoo import build_model
+    from mfmseg.uda.step import UDAStep
+
+    cfg = load_config(preset, ["model.pretrained=null", *overrides])
+    device = resolve_device(cfg.train.device, DistContext())
+    seed_iteration(0, 0, 0)
+    student = build_model(cfg.model).to(device)
+    if cfg.train.grad_checkpointing:
+        student.set_grad_checkpointing(True)
+    step = UDAStep(student, cfg.uda, crop_hw=tuple(cfg.data.target.crop), device=device)
+    opt = build_optimizer(param_groups(student, cfg.optim, getattr(step, "rebuilder", None), cfg.uda.mfm.lr),
+                          cfg.optim)
+    b, (h, w) = cfg.data.batch_size, cfg.data.target.crop
+    label = torch.randint(0, cfg.model.num_classes, (b, h, w), device=device)
+    label[:, : h // 4] = 10  # a large class, as in street scenes
+    batch = {"src_img": torch.randn(b, 3, h, w, device=device), "src_label": label,
+             "tgt_img": torch.randn(b, 3, h, w, device=device)}
+    times = []
+    for i in range(warmup + steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        step.train_step(batch, i, autocast_dtype=AMP_DTYPES[cfg.train.amp])
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    sec = sum(times) / len(times)
+    return {"sec_per_step": sec, "images_per_s": 2 * b / sec, "peak_mem_mib": peak, "device": str(device),
+            "params": sum(p.numel() for p in student.parameters())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="synthetic_dacs")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--amp", default="none")
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    ap.add_argument("--out", default="bench_train_step.json")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one variant and print its JSON
+    args = ap.parse_args()
+    common = [f"train.device={args.device}", f"train.amp={args.amp}"]
+    if args.one:
+        print(json.dumps(measure(args.preset, common + VARIANTS[args.one], args.steps, args.warmup)))
+        return
+    results = {}
+    for name in args.variants:
+        cmd = [sys.executable, __file__, "--preset", args.preset, "--steps", str(args.steps), "--warmup",
+               str(args.warmup), "--device", args.device, "--amp", args.amp, "--one", name]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+    base = results.get("baseline", {}).get("sec_per_step")
+    print(f"\npreset {args.preset} on {args.device} (amp {args.amp}), batch 2 source + 2 target")
+    print(f"{'variant':<10} {'s/step':>8} {'img/s':>7} {'peak MiB':>9} {'time vs baseline':>17}")
+    for name, r in results.items():
+        r["ratio_vs_baseline"] = r["sec_per_step"] / base if base else None
+        ratio = f"{r['ratio_vs_baseline']:.2f}x" if base else "-"
+        print(f"{name:<10} {r['sec_per_step']:>8.3f} {r['images_per_s']:>7.2f} {r['peak_mem_mib']:>9.0f} {ratio:>17}")
+    with open(args.out, "w") as f:
+        json.dump({"preset": args.preset, "device": args.device, "amp": args.amp, "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
