@@ -1,0 +1,35 @@
+"""Teacher pseudo-labels and their confidence weight (DACS/DAFormer)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+
+@torch.no_grad()
+def pseudo_label(teacher_logits: Tensor, threshold: float, margins: Sequence[int] = (0, 0, 0, 0)
+                 ) -> tuple[Tensor, Tensor]:
+    """Labels = argmax of the softmax; weight = fraction of *all* pixels in the batch whose max probability ≥ τ.
+
+    One scalar per batch, applied to every pixel, as the reference does (not a per-pixel mask). `margins`
+    [top, bottom, left, right] in pixels get weight 0: rectification artefacts (ego car, image borders) of the
+    Cityscapes frames. `teacher_logits` must already be at the label resolution (B×C×H×W).
+    """
+    if len(margins) != 4:
+        raise ValueError(f"margins must be [top, bottom, left, right], got {list(margins)}")
+    prob = torch.softmax(teacher_logits.detach().float(), dim=1)
+    max_prob, labels = prob.max(dim=1)
+    q = max_prob.ge(threshold).float().mean()
+    weight = q * torch.ones_like(max_prob)
+    top, bottom, left, right = (int(m) for m in margins)
+    if top > 0:
+        weight[:, :top, :] = 0
+    if bottom > 0:
+        weight[:, -bottom:, :] = 0
+    if left > 0:
+        weight[:, :, :left] = 0
+    if right > 0:
+        weight[:, :, -right:] = 0
+    return labels, weight
