@@ -1,0 +1,135 @@
+"""The whole training step on the tiny segmentor: every method combination, determinism, NaN detection."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mfmseg.config import FDConfig, MFMConfig, MICConfig, UDAConfig
+from mfmseg.errors import UserError
+from mfmseg.uda.step import UDAStep
+from test_uda_helpers import TinySegmentor, make_batch
+
+SMALL_MFM = dict(enabled=True, embed_dim=32, num_heads=4, grid=4)
+
+
+def _cfg(method: str) -> UDAConfig:
+    fd_on = method == "dacs+fd"
+    cfg = UDAConfig(method="source_only" if method.startswith("source_only") else "dacs",
+                    fd=FDConfig(enabled=fd_on), pseudo_threshold=0.05, pseudo_margins=[4, 8, 0, 0])
+    if method == "dacs+mic":
+        cfg.mic = MICConfig(enabled=True, block_size=16)
+    if "mfm" in method:
+        cfg.mfm = MFMConfig(domain=method.rsplit("_", 1)[-1], **SMALL_MFM)
+    return cfg
+
+
+COMBOS = {
+    "source_only": {"loss_src"},
+    "source_only+mfm_source": {"loss_src", "loss_mfm_src"},
+    "dacs": {"loss_src", "loss_mix", "pseudo_q"},
+    "dacs+fd": {"loss_src", "loss_fd", "loss_mix", "pseudo_q"},
+    "dacs+mic": {"loss_src", "loss_mix", "loss_mic", "pseudo_q"},
+    "dacs+mfm_target": {"loss_src", "loss_mix", "loss_mfm", "pseudo_q"},
+    "dacs+mfm_source": {"loss_src", "loss_mix", "loss_mfm_src", "pseudo_q"},
+    "dacs+mfm_both": {"loss_src", "loss_mix", "loss_mfm", "loss_mfm_src", "pseudo_q"},
+}
+
+
+def _run(method: str, seed: int = 0, iteration: int = 0, **kw):
+    torch.manual_seed(seed)
+    student = TinySegmentor()
+    step = UDAStep(student, _cfg(method), crop_hw=(64, 64), device="cpu")
+    out = step.train_step(make_batch(seed), iteration, generator=torch.Generator().manual_seed(seed), **kw)
+    return step, out
+
+
+def _grads(module):
+    return [p.grad for p in module.parameters()]
+
+
+@pytest.mark.parametrize("method", list(COMBOS))
+def test_every_combination_gives_finite_losses_and_the_right_gradients(method):
+    step, (losses, visuals) = _run(method)
+    assert set(losses) == COMBOS[method] and visuals is None
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    for part in (step.student.encoder, step.student.decode_head):
+        assert all(g is not None for g in _grads(part)) and any(g.abs().sum() > 0 for g in _grads(part))
+    if step.rebuilder is not None:
+        assert all(g is not None and g.abs().sum() > 0 for g in _grads(step.rebuilder))
+        assert not any(k.startswith("rebuilder") for k in step.student.state_dict())
+    for frozen in (step.teacher, step.imnet):
+        if frozen is not None:
+            assert all(g is None and not p.requires_grad for p, g in zip(frozen.parameters(), _grads(frozen)))
+    assert (step.teacher is None) == method.startswith("source_only")
+    assert (step.imnet is not None) == (method == "dacs+fd")
+    assert list(step.rebuilder_parameters()) == ([] if step.rebuilder is None else list(step.rebuilder.parameters()))
+
+
+def test_deterministic_under_a_seed():
+    a_step, (a, _) = _run("dacs+mfm_both", seed=3)
+    b_step, (b, _) = _run("dacs+mfm_both", seed=3)
+    assert a == b
+    for ga, gb in zip(_grads(a_step.student), _grads(b_step.student)):
+        assert torch.equal(ga, gb)
+    _, (c, _) = _run("dacs+mfm_both", seed=4)
+    assert c != a
+
+
+def test_ema_runs_first_with_the_reference_coefficient():
+    torch.manual_seed(0)
+    student = TinySegmentor()
+    step = UDAStep(student, _cfg("dacs"), crop_hw=(64, 64), device="cpu")
+    before = [p.detach().clone() for p in step.teacher.parameters()]
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)  # as if the optimiser had stepped
+    step.train_step(make_batch(), 3, generator=torch.Generator().manual_seed(0))  # a = 0.75
+    for t, old, s in zip(step.teacher.parameters(), before, student.parameters()):
+        assert torch.allclose(t, 0.75 * old + 0.25 * s)
+
+
+def test_nan_loss_raises_before_backward():
+    torch.manual_seed(0)
+    step = UDAStep(TinySegmentor(), _cfg("dacs"), crop_hw=(64, 64), device="cpu")
+    batch = make_batch()
+    batch["src_img"][0, 0, 0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="loss loss_src is NaN/inf at iteration 7"):
+        step.train_step(batch, 7)
+    assert all(g is None for g in _grads(step.student))
+
+
+def test_visuals_are_cpu_tensors_of_image_size():
+    _, (_, visuals) = _run("dacs+mfm_target", return_visuals=True)
+    want = {"src_img", "src_label", "tgt_img", "pseudo_label", "mixed_img", "mixed_label", "mfm_mask", "mfm_pred",
+            "tgt_pred"}
+    assert set(visuals) == want
+    for name, v in visuals.items():
+        assert v.device.type == "cpu" and v.shape[0] == 2 and tuple(v.shape[-2:]) == (64, 64), name
+    assert set(visuals["mfm_mask"].unique().tolist()) <= {0.0, 1.0}
+
+
+def test_visuals_do_not_change_training():
+    _, (a, _) = _run("dacs+mfm_target", seed=1)
+    step, (b, _) = _run("dacs+mfm_target", seed=1, return_visuals=True)
+    assert a == b and step.student.training
+
+
+def test_bf16_autocast_runs_on_cpu():
+    _, (losses, _) = _run("dacs+mfm_target", autocast_dtype=torch.bfloat16)
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+
+
+def test_state_dict_round_trip_and_mismatch():
+    step, _ = _run("dacs+mfm_target")
+    state = step.state_dict()
+    assert state["has_teacher"] and state["has_rebuilder"]
+    torch.manual_seed(9)
+    other = UDAStep(TinySegmentor(), _cfg("dacs+mfm_target"), crop_hw=(64, 64), device="cpu")
+    other.load_state_dict(state)
+    for x, y in zip(other.teacher.state_dict().values(), step.teacher.state_dict().values()):
+        assert torch.equal(x, y)
+    for x, y in zip(other.rebuilder.parameters(), step.rebuilder.parameters()):
+        assert torch.equal(x, y)
+    with pytest.raises(UserError, match="no rebuilder state"):
+        other.load_state_dict({"teacher": state["teacher"], "rebuilder": None})
