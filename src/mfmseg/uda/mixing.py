@@ -37,13 +37,14 @@ def class_mix_masks(labels: Tensor, *, batch_wide_classes: bool = False,
 
     The reference draws from `torch.unique(labels)` of the whole *batch* for every image (a known quirk, so an
     image may receive classes it does not contain and paste fewer pixels); `batch_wide_classes=True` reproduces
-    it. The ignore label (255) is never a candidate class in either mode.
+    it exactly, the ignore label (255) included among the candidates as the reference has it. Per image (the
+    default) 255 is never a candidate: pasting ignore pixels only removes supervision.
     """
     masks = []
     for label in labels:
-        pool = labels if batch_wide_classes else label
-        classes = torch.unique(pool)
-        classes = classes[classes != IGNORE_INDEX]
+        classes = torch.unique(labels if batch_wide_classes else label)
+        if not batch_wide_classes:
+            classes = classes[classes != IGNORE_INDEX]
         n = int(classes.numel())
         chosen = classes[torch.randperm(n, generator=generator)[: (n + n % 2) // 2].to(classes.device)]
         masks.append(torch.isin(label, chosen))
