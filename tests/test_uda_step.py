@@ -133,3 +133,23 @@ def test_state_dict_round_trip_and_mismatch():
         assert torch.equal(x, y)
     with pytest.raises(UserError, match="no rebuilder state"):
         other.load_state_dict({"teacher": state["teacher"], "rebuilder": None})
+
+
+class CountingScaler:
+    """Stands in for torch.amp.GradScaler on CPU: every backward must go through `scale`."""
+
+    def __init__(self, factor: float = 1024.0) -> None:
+        self.factor, self.calls = factor, 0
+
+    def scale(self, loss):
+        self.calls += 1
+        return loss * self.factor
+
+
+def test_every_backward_goes_through_the_scaler():
+    scaler = CountingScaler()
+    scaled_step, _ = _run("dacs+mfm_target", scaler=scaler)
+    plain_step, _ = _run("dacs+mfm_target")
+    assert scaler.calls == 3  # source, mixed, MFM
+    for gs, gp in zip(_grads(scaled_step.student), _grads(plain_step.student)):
+        assert torch.allclose(gs, gp * 1024.0, rtol=1e-4, atol=1e-6)

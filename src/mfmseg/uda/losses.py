@@ -22,7 +22,7 @@ def resize_logits(logits: Tensor, size: tuple[int, int]) -> Tensor:
 
 def weighted_ce(logits: Tensor, labels: Tensor, weight: Tensor | None = None) -> Tensor:
     """CE of `logits` (B×C×h×w, upsampled to the label size) against `labels` (B×H×W), times `weight` (B×H×W)."""
-    logits = resize_logits(logits, tuple(labels.shape[-2:])).float()
+    logits = resize_logits(logits.float(), tuple(labels.shape[-2:]))
     per_pixel = F.cross_entropy(logits, labels, reduction="none", ignore_index=IGNORE_INDEX)
     if weight is not None:
         per_pixel = per_pixel * weight.float()
