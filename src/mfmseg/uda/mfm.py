@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mfmseg.config import MFMConfig
-from mfmseg.uda.losses import resize_logits, weighted_ce
+from mfmseg.uda.losses import weighted_ce
 
 PROJECTOR_CHANNELS = (256, 128)  # first transposed-conv stage -> 256, every later stage -> 128 (official sizes)
 
@@ -199,4 +199,4 @@ def mfm_loss(segmentor: nn.Module, rebuilder: Rebuilder, feats: Sequence[Tensor]
 
 
 __all__ = ["Rebuilder", "LayerNorm2d", "mfm_loss", "MFMOutput", "sincos_pos_embed_2d", "build_projector",
-           "level_scale", "resize_logits"]
+           "level_scale"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -35,6 +36,17 @@ def make_frozen_copy(model: nn.Module) -> nn.Module:
     return frozen
 
 
+@dataclass
+class _Iteration:
+    """What every loss of one iteration shares: where it is, how to run, where results go."""
+    iteration: int
+    autocast_dtype: torch.dtype | None
+    scaler: Any
+    generator: torch.Generator | None
+    losses: dict[str, float]
+    visuals: dict[str, Tensor] | None
+
+
 class UDAStep:
     """Owns the EMA teacher, the ImageNet copy (FD) and the Rebuilder (MFM) around a student Segmentor."""
 
@@ -55,20 +67,20 @@ class UDAStep:
     def rebuilder_parameters(self) -> Iterator[nn.Parameter]:
         return iter(self.rebuilder.parameters()) if self.rebuilder is not None else iter(())
 
-    def _autocast(self, dtype: torch.dtype | None):
+    def _autocast(self, run: "_Iteration"):
+        dtype = run.autocast_dtype
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    @staticmethod
-    def _backward(named: dict[str, Tensor], iteration: int, scaler: Any, losses: dict[str, float]) -> None:
+    def _backward(self, named: dict[str, Tensor], run: "_Iteration") -> None:
         """Check every term before anything reaches the gradients, then one backward for their sum."""
         for name, value in named.items():
             if not bool(torch.isfinite(value.detach()).all()):
-                raise FloatingPointError(f"loss {name} is NaN/inf at iteration {iteration}")
-            losses[name] = float(value.detach())
+                raise FloatingPointError(f"loss {name} is NaN/inf at iteration {run.iteration}")
+            run.losses[name] = float(value.detach())
         total = sum(named.values())
-        (scaler.scale(total) if scaler is not None else total).backward()
+        (run.scaler.scale(total) if run.scaler is not None else total).backward()
 
     # ---- the iteration --------------------------------------------------------------------------------------
     def train_step(self, batch: dict[str, Tensor], iteration: int, *, autocast_dtype: torch.dtype | None = None,
@@ -76,90 +88,85 @@ class UDAStep:
                    ) -> tuple[dict[str, float], dict[str, Tensor] | None]:
         """Runs METHOD.md §3 (EMA, source CE + FD [+ source MFM], ClassMix CE, MIC, target MFM), each with its
         backward. Randomness comes from `generator` (CPU) or, when None, torch's global RNG."""
-        src_img, src_label = batch["src_img"], batch["src_label"]
-        losses: dict[str, float] = {}
-        visuals: dict[str, Tensor] | None = {} if return_visuals else None
+        run = _Iteration(iteration, autocast_dtype, scaler, generator, {}, {} if return_visuals else None)
         if self.teacher is not None:
             ema_update(self.teacher, self.student, iteration, self.cfg.alpha)
-        self._source_losses(src_img, src_label, iteration, autocast_dtype, scaler, generator, losses, visuals)
-        if not self.self_training:
-            return losses, _to_cpu(visuals)
-        tgt_img = batch["tgt_img"]
-        labels, weight = self._pseudo_labels(tgt_img, autocast_dtype)
-        losses["pseudo_q"] = float(weight.max()) if weight.numel() else 0.0
-        self._mix_loss(src_img, src_label, tgt_img, labels, weight, iteration, autocast_dtype, scaler, generator,
-                       losses, visuals)
-        if self.cfg.mic.enabled:
-            self._mic_loss(tgt_img, labels, weight, iteration, autocast_dtype, scaler, generator, losses)
-        if self.mfm_on_target:
-            self._mfm_target(tgt_img, labels, weight, iteration, autocast_dtype, scaler, generator,
-                                         losses, visuals)
-        if visuals is not None:
-            visuals.update(tgt_img=tgt_img, pseudo_label=labels, tgt_pred=self._student_prediction(tgt_img))
-        return losses, _to_cpu(visuals)
+        self._source_losses(batch["src_img"], batch["src_label"], run)
+        if self.self_training:
+            tgt_img = batch["tgt_img"]
+            labels, weight = self._pseudo_labels(tgt_img, run)
+            run.losses["pseudo_q"] = float(weight.max())  # q (margins hold 0, every other pixel q)
+            self._mix_loss(batch["src_img"], batch["src_label"], tgt_img, labels, weight, run)
+            if self.cfg.mic.enabled:
+                self._mic_loss(tgt_img, labels, weight, run)
+            if self.mfm_on_target:
+                self._mfm_target(tgt_img, labels, weight, run)
+            if run.visuals is not None:
+                run.visuals.update(tgt_img=tgt_img, pseudo_label=labels, tgt_pred=self._student_prediction(tgt_img))
+        return run.losses, _to_cpu(run.visuals)
 
-    def _source_losses(self, img: Tensor, label: Tensor, iteration: int, dtype, scaler, generator,
-                       losses: dict, visuals: dict | None) -> None:
+    def _source_losses(self, img: Tensor, label: Tensor, run: "_Iteration") -> None:
         """Source CE, FD and (domain source/both) source MFM share one encoder pass and one backward."""
-        with self._autocast(dtype):
+        with self._autocast(run):
             feats = self.student.encode(img)
             logits = self.student.decode(feats)
         named = {"loss_src": weighted_ce(logits, label)}
         if self.imnet is not None:
-            with torch.no_grad(), self._autocast(dtype):
+            with torch.no_grad(), self._autocast(run):
                 imnet_feats = self.imnet.encode(img)
             fd = feature_distance(feats[-1], imnet_feats[-1], label, self.cfg.fd.thing_classes,
                                   self.cfg.fd.cell_ratio, self.student.num_classes)
             named["loss_fd"] = self.cfg.fd.weight * fd
         if self.mfm_on_source:
-            with self._autocast(dtype):
-                out = mfm_loss(self.student, self.rebuilder, feats, label, None, generator)
+            with self._autocast(run):
+                out = mfm_loss(self.student, self.rebuilder, feats, label, None, run.generator)
             named["loss_mfm_src"] = self.cfg.mfm.weight * out.loss
-            if visuals is not None and not self.mfm_on_target:
-                visuals.update(_mfm_visuals(out.token_mask, out.logits, img.shape[-2:]))
-        if visuals is not None:
-            visuals.update(src_img=img, src_label=label)
-        self._backward(named, iteration, scaler, losses)
+            if run.visuals is not None and not self.mfm_on_target:
+                run.visuals.update(_mfm_visuals(out.token_mask, out.logits, img.shape[-2:]))
+        if run.visuals is not None:
+            run.visuals.update(src_img=img, src_label=label)
+        self._backward(named, run)
 
     @torch.no_grad()
-    def _pseudo_labels(self, tgt_img: Tensor, dtype) -> tuple[Tensor, Tensor]:
+    def _pseudo_labels(self, tgt_img: Tensor, run: "_Iteration") -> tuple[Tensor, Tensor]:
         set_teacher_mode(self.teacher)
-        with self._autocast(dtype):
+        with self._autocast(run):
             logits = self.teacher.decode(self.teacher.encode(tgt_img))
         logits = resize_logits(logits.float(), tuple(tgt_img.shape[-2:]))
         return pseudo_label(logits, self.cfg.pseudo_threshold, self.cfg.pseudo_margins)
 
-    def _mix_loss(self, src_img, src_label, tgt_img, labels, weight, iteration, dtype, scaler, generator,
-                  losses: dict, visuals: dict | None) -> None:
+    def _mix_loss(self, src_img: Tensor, src_label: Tensor, tgt_img: Tensor, labels: Tensor, weight: Tensor,
+                  run: "_Iteration") -> None:
         with torch.no_grad():
             mask = class_mix_masks(src_label, batch_wide_classes=self.cfg.mix.batch_wide_classes,
-                                   generator=generator)
-            mixed_img = strong_augment(mix(mask, src_img, tgt_img), self.cfg.mix, generator)
+                                   generator=run.generator)
+            mixed_img = strong_augment(mix(mask, src_img, tgt_img), self.cfg.mix, run.generator)
             mixed_label = mix(mask, src_label, labels)
             mixed_weight = mix(mask, torch.ones_like(weight), weight)
-        with self._autocast(dtype):
+        with self._autocast(run):
             logits = self.student.decode(self.student.encode(mixed_img))
-        self._backward({"loss_mix": weighted_ce(logits, mixed_label, mixed_weight)}, iteration, scaler, losses)
-        if visuals is not None:
-            visuals.update(mixed_img=mixed_img, mixed_label=mixed_label)
+        self._backward({"loss_mix": weighted_ce(logits, mixed_label, mixed_weight)}, run)
+        if run.visuals is not None:
+            run.visuals.update(mixed_img=mixed_img, mixed_label=mixed_label)
 
-    def _mic_loss(self, tgt_img, labels, weight, iteration, dtype, scaler, generator, losses: dict) -> None:
+    def _mic_loss(self, tgt_img: Tensor, labels: Tensor, weight: Tensor, run: "_Iteration") -> None:
+        """MIC: the target image, colour-augmented on its own draws, with blocks zeroed; same pseudo-labels."""
         mic = self.cfg.mic
         with torch.no_grad():
-            masked = mask_image(strong_augment(tgt_img, self.cfg.mix, generator), mic.block_size, mic.mask_ratio,
-                                generator)
-        with self._autocast(dtype):
+            augmented = strong_augment(tgt_img, self.cfg.mix, run.generator)
+            masked = mask_image(augmented, mic.block_size, mic.mask_ratio, run.generator)
+        with self._autocast(run):
             logits = self.student.decode(self.student.encode(masked))
-        self._backward({"loss_mic": mic.weight * weighted_ce(logits, labels, weight)}, iteration, scaler, losses)
+        self._backward({"loss_mic": mic.weight * weighted_ce(logits, labels, weight)}, run)
 
-    def _mfm_target(self, tgt_img, labels, weight, iteration, dtype, scaler, generator, losses: dict,
-                    visuals: dict | None) -> None:
-        with self._autocast(dtype):
+    def _mfm_target(self, tgt_img: Tensor, labels: Tensor, weight: Tensor, run: "_Iteration") -> None:
+        """L_mfm on the un-augmented target crop against the teacher's pseudo-labels and weight."""
+        with self._autocast(run):
             feats = self.student.encode(tgt_img)
-            out = mfm_loss(self.student, self.rebuilder, feats, labels, weight, generator)
-        self._backward({"loss_mfm": self.cfg.mfm.weight * out.loss}, iteration, scaler, losses)
-        if visuals is not None:
-            visuals.update(_mfm_visuals(out.token_mask, out.logits, tgt_img.shape[-2:]))
+            out = mfm_loss(self.student, self.rebuilder, feats, labels, weight, run.generator)
+        self._backward({"loss_mfm": self.cfg.mfm.weight * out.loss}, run)
+        if run.visuals is not None:
+            run.visuals.update(_mfm_visuals(out.token_mask, out.logits, tgt_img.shape[-2:]))
 
     @torch.no_grad()
     def _student_prediction(self, img: Tensor) -> Tensor:
