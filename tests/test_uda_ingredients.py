@@ -15,7 +15,7 @@ from mfmseg.uda.losses import weighted_ce
 from mfmseg.uda.mic import block_mask, mask_image
 from mfmseg.uda.mixing import (blur_kernel_size, class_mix_masks, color_jitter, gaussian_blur, hsv_to_rgb, mix,
                                rgb_to_hsv, strong_augment)
-from mfmseg.uda.pseudo import pseudo_label
+from mfmseg.uda.pseudo import pseudo_label, zero_margins
 from test_uda_helpers import TinySegmentor
 
 
@@ -166,3 +166,10 @@ def test_mic_block_mask_ratio_and_blocks():
     img = torch.randn(1, 3, 64, 64)
     masked = mask_image(img, 32, 0.7, torch.Generator().manual_seed(1))
     assert ((masked == 0) | (masked == img)).all()
+
+
+def test_full_image_margins_variant():
+    weight = zero_margins(torch.ones(1, 1024, 2048), [30, 240, 30, 30])  # HRDA/MIC on full Cityscapes frames
+    assert weight.sum().item() == (1024 - 270) * (2048 - 60)
+    assert weight[0, 30, 30] == 1 and weight[0, 29, 100] == 0 and weight[0, 1024 - 240, 100] == 0
+    assert weight[0, 500, 2048 - 30] == 0 and weight[0, 500, 2048 - 31] == 1

@@ -153,3 +153,12 @@ def test_every_backward_goes_through_the_scaler():
     assert scaler.calls == 3  # source, mixed, MFM
     for gs, gp in zip(_grads(scaled_step.student), _grads(plain_step.student)):
         assert torch.allclose(gs, gp * 1024.0, rtol=1e-4, atol=1e-6)
+
+
+def test_pseudo_q_is_logged_even_when_margins_cover_the_crop():
+    torch.manual_seed(0)
+    cfg = _cfg("dacs")
+    cfg.pseudo_margins = [15, 120, 0, 0]  # the 512-crop rows on a 64 px crop: every pixel is a margin
+    step = UDAStep(TinySegmentor(), cfg, crop_hw=(64, 64), device="cpu")
+    losses, _ = step.train_step(make_batch(), 0, generator=torch.Generator().manual_seed(0))
+    assert losses["pseudo_q"] == 1.0  # τ = 0.05: every pixel is confident

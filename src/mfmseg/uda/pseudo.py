@@ -17,12 +17,16 @@ def pseudo_label(teacher_logits: Tensor, threshold: float, margins: Sequence[int
     [top, bottom, left, right] in pixels get weight 0: rectification artefacts (ego car, image borders) of the
     Cityscapes frames. `teacher_logits` must already be at the label resolution (B×C×H×W).
     """
-    if len(margins) != 4:
-        raise ValueError(f"margins must be [top, bottom, left, right], got {list(margins)}")
     prob = torch.softmax(teacher_logits.detach().float(), dim=1)
     max_prob, labels = prob.max(dim=1)
     q = max_prob.ge(threshold).float().mean()
-    weight = q * torch.ones_like(max_prob)
+    return labels, zero_margins(q * torch.ones_like(max_prob), margins)
+
+
+def zero_margins(weight: Tensor, margins: Sequence[int]) -> Tensor:
+    """Weight 0 on the [top, bottom, left, right] pixel margins of a B×H×W map (in place, returned)."""
+    if len(margins) != 4:
+        raise ValueError(f"margins must be [top, bottom, left, right], got {list(margins)}")
     top, bottom, left, right = (int(m) for m in margins)
     if top > 0:
         weight[:, :top, :] = 0
@@ -32,4 +36,4 @@ def pseudo_label(teacher_logits: Tensor, threshold: float, margins: Sequence[int
         weight[:, :, :left] = 0
     if right > 0:
         weight[:, :, -right:] = 0
-    return labels, weight
+    return weight

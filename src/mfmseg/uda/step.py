@@ -25,7 +25,7 @@ from mfmseg.uda.losses import resize_logits, weighted_ce
 from mfmseg.uda.mfm import Rebuilder, mfm_loss
 from mfmseg.uda.mic import mask_image
 from mfmseg.uda.mixing import class_mix_masks, mix, strong_augment
-from mfmseg.uda.pseudo import pseudo_label
+from mfmseg.uda.pseudo import pseudo_label, zero_margins
 
 
 def make_frozen_copy(model: nn.Module) -> nn.Module:
@@ -95,7 +95,6 @@ class UDAStep:
         if self.self_training:
             tgt_img = batch["tgt_img"]
             labels, weight = self._pseudo_labels(tgt_img, run)
-            run.losses["pseudo_q"] = float(weight.max())  # q (margins hold 0, every other pixel q)
             self._mix_loss(batch["src_img"], batch["src_label"], tgt_img, labels, weight, run)
             if self.cfg.mic.enabled:
                 self._mic_loss(tgt_img, labels, weight, run)
@@ -133,7 +132,9 @@ class UDAStep:
         with self._autocast(run):
             logits = self.teacher.decode(self.teacher.encode(tgt_img))
         logits = resize_logits(logits.float(), tuple(tgt_img.shape[-2:]))
-        return pseudo_label(logits, self.cfg.pseudo_threshold, self.cfg.pseudo_margins)
+        labels, weight = pseudo_label(logits, self.cfg.pseudo_threshold)
+        run.losses["pseudo_q"] = float(weight.flatten()[0])  # read before the margins may zero every pixel
+        return labels, zero_margins(weight, self.cfg.pseudo_margins)
 
     def _mix_loss(self, src_img: Tensor, src_label: Tensor, tgt_img: Tensor, labels: Tensor, weight: Tensor,
                   run: "_Iteration") -> None:
