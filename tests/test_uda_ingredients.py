@@ -173,3 +173,15 @@ def test_full_image_margins_variant():
     assert weight.sum().item() == (1024 - 270) * (2048 - 60)
     assert weight[0, 30, 30] == 1 and weight[0, 29, 100] == 0 and weight[0, 1024 - 240, 100] == 0
     assert weight[0, 500, 2048 - 30] == 0 and weight[0, 500, 2048 - 31] == 1
+
+
+def test_jitter_stays_in_the_valid_pixel_range():
+    from mfmseg.uda.mixing import denormalize01, renormalize01
+    img01 = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    img = renormalize01(img01)
+    assert torch.allclose(denormalize01(img), img01, atol=1e-5)
+    g = torch.Generator().manual_seed(2)
+    for _ in range(10):
+        out = denormalize01(color_jitter(img, 0.2, 1.0, g))
+        assert out.min() >= -1e-5 and out.max() <= 1 + 1e-5
+    assert torch.equal(color_jitter(img, 0.0, 1.0, g), img)
