@@ -61,11 +61,37 @@ def measure(preset: str, overrides: list[str], steps: int, warmup: int) -> dict:
             torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - t)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:  # one more step, counted (forward + backward)
+        opt.zero_grad(set_to_none=True)
+        step.train_step(batch, warmup + steps, autocast_dtype=AMP_DTYPES[cfg.train.amp])
     peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     sec = sum(times) / len(times)
-    return {"sec_per_step": sec, "images_per_s": 2 * b / sec, "peak_mem_mib": peak, "device": str(device),
+    return {"sec_per_step": sec, "images_per_s": 2 * b / sec, "flops_per_step": counter.get_total_flops(), "peak_mem_mib": peak, "device": str(device),
             "params": sum(p.numel() for p in student.parameters())}
+
+
+def matmul_peak_flops(device: str, dtype_name: str, n: int = 2048, reps: int = 20) -> float:
+    """The machine's achievable dense matmul FLOP/s (square n×n), the roofline a training step is judged against."""
+    import torch
+
+    dtype = {"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype_name]
+    if device == "cpu" and dtype == torch.float16:
+        dtype = torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
 def main() -> None:
@@ -89,15 +115,21 @@ def main() -> None:
                str(args.warmup), "--device", args.device, "--amp", args.amp, "--one", name]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+    peak_flops = matmul_peak_flops(args.device, args.amp)
     base = results.get("baseline", {}).get("sec_per_step")
-    print(f"\npreset {args.preset} on {args.device} (amp {args.amp}), batch 2 source + 2 target")
-    print(f"{'variant':<10} {'s/step':>8} {'img/s':>7} {'peak MiB':>9} {'time vs baseline':>17}")
+    print(f"\npreset {args.preset} on {args.device} (amp {args.amp}), batch 2 source + 2 target; "
+          f"matmul peak {peak_flops / 1e9:.0f} GFLOP/s")
+    print(f"{'variant':<10} {'s/step':>8} {'img/s':>7} {'peak MiB':>9} {'GFLOP/step':>11} {'% of peak':>10} "
+          f"{'time vs baseline':>17}")
     for name, r in results.items():
         r["ratio_vs_baseline"] = r["sec_per_step"] / base if base else None
+        r["fraction_of_peak"] = r["flops_per_step"] / r["sec_per_step"] / peak_flops
         ratio = f"{r['ratio_vs_baseline']:.2f}x" if base else "-"
-        print(f"{name:<10} {r['sec_per_step']:>8.3f} {r['images_per_s']:>7.2f} {r['peak_mem_mib']:>9.0f} {ratio:>17}")
+        print(f"{name:<10} {r['sec_per_step']:>8.3f} {r['images_per_s']:>7.2f} {r['peak_mem_mib']:>9.0f} "
+              f"{r['flops_per_step'] / 1e9:>11.1f} {100 * r['fraction_of_peak']:>9.1f}% {ratio:>17}")
     with open(args.out, "w") as f:
-        json.dump({"preset": args.preset, "device": args.device, "amp": args.amp, "results": results}, f, indent=2)
+        json.dump({"preset": args.preset, "device": args.device, "amp": args.amp, "matmul_peak_flops": peak_flops,
+                   "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":
