@@ -1,0 +1,1 @@
+"""Decode heads: each takes the encoder's feature list and returns logits at its `output_stride`."""

@@ -1,0 +1,88 @@
+"""The named models, built from a `ModelConfig`. No registry magic: `MODELS` is a plain dict you can read."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+import torch
+
+from mfmseg.config import ModelConfig
+from mfmseg.errors import UserError
+from mfmseg.models.heads.daformer import DAFormerHead
+from mfmseg.models.heads.deeplabv2 import DeepLabV2Head
+from mfmseg.models.heads.segformer import SegFormerHead
+from mfmseg.models.mit import MiT
+from mfmseg.models.resnet import ResNetV1c
+from mfmseg.models.segmentor import Segmentor
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    encoder: str  # "resnet101" | "mit_b5" | ...
+    head: str  # "deeplabv2" | "daformer" | "segformer"
+    head_kwargs: dict = field(default_factory=dict)
+
+
+MODELS: dict[str, ModelSpec] = {
+    "deeplabv2_r18": ModelSpec("resnet18", "deeplabv2"),
+    "deeplabv2_r50": ModelSpec("resnet50", "deeplabv2"),
+    "deeplabv2_r101": ModelSpec("resnet101", "deeplabv2"),
+    "deeplabv2_r101_aspp": ModelSpec("resnet101", "deeplabv2", {"dilations": (6, 12, 18, 24)}),
+    **{f"daformer_mit{s}": ModelSpec(f"mit_{s}", "daformer") for s in ("b0", "b1", "b2", "b3", "b4", "b5")},
+    "segformer_mitb0": ModelSpec("mit_b0", "segformer", {"channels": 256}),
+    "segformer_mitb5": ModelSpec("mit_b5", "segformer", {"channels": 768}),
+}
+
+
+def _encoder(name: str):
+    if name.startswith("resnet"):
+        enc = ResNetV1c(int(name[len("resnet"):]))
+        return enc, [enc.out_channels], [8], 8
+    enc = MiT(name.split("_")[1])
+    return enc, list(enc.out_channels), [4, 8, 16, 32], 32
+
+
+def build_model(cfg: ModelConfig) -> Segmentor:
+    """Build a zoo model; `cfg.pretrained` loads ImageNet weights into its encoder."""
+    if cfg.name not in MODELS:
+        close = difflib.get_close_matches(cfg.name, list(MODELS), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise UserError(f"unknown model '{cfg.name}'{hint}; `mfmseg models` lists them")
+    if cfg.num_classes < 1:
+        raise UserError(f"model.num_classes must be positive, got {cfg.num_classes}")
+    spec = MODELS[cfg.name]
+    encoder, channels, strides, multiple = _encoder(spec.encoder)
+    kwargs = dict(spec.head_kwargs)
+    if cfg.decoder_channels is not None:
+        if spec.head == "deeplabv2":
+            raise UserError("model.decoder_channels has no effect on a DeepLab-V2 head: leave it null")
+        kwargs["channels"] = cfg.decoder_channels
+    if spec.head == "deeplabv2":
+        head = DeepLabV2Head(channels[-1], cfg.num_classes, **kwargs)
+    elif spec.head == "daformer":
+        head = DAFormerHead(channels, cfg.num_classes, **kwargs)
+    else:
+        head = SegFormerHead(channels, cfg.num_classes, **kwargs)
+    model = Segmentor(encoder, head, num_classes=cfg.num_classes, feature_channels=channels,
+                      feature_strides=strides, size_multiple=multiple)
+    if cfg.pretrained:
+        from mfmseg.models.weights import load_pretrained
+
+        load_pretrained(model, cfg.pretrained)
+    return model
+
+
+def count_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def describe_models(num_classes: int = 19) -> list[dict]:
+    """Name, encoder, head and exact parameter count of every zoo model (built on the meta device: no memory)."""
+    rows = []
+    for name, spec in MODELS.items():
+        with torch.device("meta"):
+            model = build_model(ModelConfig(name=name, num_classes=num_classes))
+        rows.append({"name": name, "encoder": spec.encoder, "head": spec.head, "params": count_params(model),
+                     "encoder_params": count_params(model.encoder), "head_params": count_params(model.decode_head)})
+    return rows
