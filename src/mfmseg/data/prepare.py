@@ -1,0 +1,105 @@
+"""`mfmseg prepare`: train-id label PNGs and rare-class-sampling statistics, in DAFormer's format.
+
+For every label file a `*_labelTrainIds.png` is written beside it (ids outside the dataset's mapping -> 255), and
+the dataset root gets `sample_class_stats.json` (a list of {"<trainId>": pixels, ..., "file": path}),
+`sample_class_stats_dict.json` ({path: {"<trainId>": pixels}}) and `samples_with_class.json`
+({"<trainId>": [[path, pixels], ...]}), counted at full resolution over the training split. Paths are relative
+to the dataset root (DAFormer stores cwd-relative paths; root-relative ones survive moving the dataset).
+Idempotent: existing train-id files are reused, never converted again; all writes are atomic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from mfmseg.data.layouts import LAYOUTS, Layout, load_class_map
+from mfmseg.data.labels import IGNORE_INDEX
+from mfmseg.errors import UserError
+
+
+def read_label_ids(path: Path, kind: str) -> np.ndarray:
+    """Raw label ids as the dataset stores them (SYNTHIA: 16-bit, class id in PIL's first / cv2's last channel)."""
+    if kind == "synthia":
+        raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if raw is None:
+            raise UserError(f"cannot read label {path}")
+        return raw[:, :, 2].astype(np.int64) if raw.ndim == 3 else raw.astype(np.int64)
+    try:
+        with Image.open(path) as img:
+            arr = np.asarray(img)
+    except Exception as e:
+        raise UserError(f"cannot read label {path}: {e}") from None
+    if arr.ndim == 3:
+        arr = arr[:, :, 0]
+    return arr.astype(np.int64)
+
+
+def _convert(job: tuple) -> dict:
+    label_path, out_path, kind, lut, rel = job
+    if out_path.exists():
+        train_ids = np.asarray(Image.open(out_path))
+    else:
+        ids = read_label_ids(label_path, kind)
+        if ids.max() >= len(lut):
+            ids = np.where(ids < len(lut), ids, 0)
+        train_ids = lut[ids]
+        tmp = out_path.with_name(out_path.stem + ".tmp.png")
+        Image.fromarray(train_ids.astype(np.uint8), mode="L").save(tmp)
+        os.replace(tmp, out_path)
+    counts = np.bincount(train_ids[train_ids != IGNORE_INDEX].ravel(), minlength=256)
+    stats: dict = {str(c): int(n) for c, n in enumerate(counts) if n > 0}
+    stats["file"] = rel
+    return stats
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def prepare_dataset(kind: str, root: str | os.PathLike, nproc: int = 4, class_map: str | None = None) -> dict:
+    """Convert every label of the dataset at `root` and write the statistics of its training split."""
+    if kind not in LAYOUTS:
+        raise UserError(f"unknown dataset kind '{kind}': one of {', '.join(LAYOUTS)}")
+    root = Path(root)
+    layout: Layout = LAYOUTS[kind]
+    lut = layout.lookup_table(load_class_map(root, class_map) if kind == "folder" else None)
+    jobs, stats_split = [], []
+    for split in layout.splits(root):
+        pairs = layout.find_pairs(root, split, need_train_ids=False)
+        for _, label in pairs:
+            if label is None:
+                continue
+            out = layout.train_id_path(label)
+            rel = str(out.relative_to(root))
+            jobs.append((label, out, kind, lut, rel))
+            stats_split.append(split == layout.stats_split)
+    if not jobs:
+        raise UserError(f"no label files found under {root} for a {kind} dataset")
+    if nproc > 1 and len(jobs) > 16:
+        with ProcessPoolExecutor(nproc) as pool:
+            results = list(tqdm(pool.map(_convert, jobs, chunksize=8), total=len(jobs), desc=f"prepare {kind}"))
+    else:
+        results = [_convert(j) for j in tqdm(jobs, desc=f"prepare {kind}", disable=len(jobs) < 16)]
+    train_stats = [r for r, keep in zip(results, stats_split) if keep]
+    by_file = {s["file"]: {k: v for k, v in s.items() if k != "file"} for s in train_stats}
+    with_class: dict[str, list] = {}
+    for s in train_stats:
+        for k, v in s.items():
+            if k != "file":
+                with_class.setdefault(k, []).append([s["file"], v])
+    with_class = {k: with_class[k] for k in sorted(with_class, key=int)}
+    _write_json(root / "sample_class_stats.json", train_stats)
+    _write_json(root / "sample_class_stats_dict.json", by_file)
+    _write_json(root / "samples_with_class.json", with_class)
+    print(f"prepared {len(jobs)} labels of {root} ({len(train_stats)} in the statistics)")
+    return {"labels": len(jobs), "stats": len(train_stats)}

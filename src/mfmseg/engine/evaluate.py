@@ -1,0 +1,35 @@
+"""Evaluate a segmentor on a labelled dataset: confusion matrix over all images -> per-class IoU and mIoUs."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from mfmseg.config import EvalConfig
+from mfmseg.data.labels import CITYSCAPES_CLASSES
+from mfmseg.engine.inference import infer
+from mfmseg.engine.metrics import ConfusionMatrix, summarize
+
+
+def class_names(num_classes: int) -> list[str]:
+    return list(CITYSCAPES_CLASSES) if num_classes == 19 else [f"class_{i}" for i in range(num_classes)]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset, cfg: EvalConfig, *, device: torch.device | str = "cpu",
+             progress: bool = True) -> dict:
+    """{"mIoU", "mIoU16", "mIoU13", "aAcc", "per_class_iou"} in percent; the model is run in eval mode."""
+    was_training = model.training
+    model.eval()
+    cm = ConfusionMatrix(model.num_classes, device)
+    try:
+        for i in tqdm(range(len(dataset)), desc="evaluate", disable=not progress, unit="img"):
+            sample = dataset[i]
+            img = sample["img"][None].to(device)
+            label = sample["label"].to(device)
+            logits = infer(model, img, tuple(label.shape[-2:]), cfg.mode, cfg.window, cfg.stride, cfg.batch_size)
+            cm.update(logits.argmax(1)[0], label)
+    finally:
+        model.train(was_training)
+    return summarize(cm, class_names(model.num_classes))
