@@ -54,7 +54,7 @@ def random_crop(img: np.ndarray, label: np.ndarray, crop: tuple[int, int], rng: 
 
 def normalize(img: np.ndarray) -> torch.Tensor:
     """H×W×3 uint8 RGB -> 3×H×W float, ImageNet mean/std."""
-    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float()
+    t = torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1).float()
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return (t - mean) / std

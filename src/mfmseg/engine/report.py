@@ -113,7 +113,8 @@ def plot_iou_bars(per_class: Mapping[str, Mapping[str, float]], out: Path, title
     width = 0.8 / max(len(runs), 1)
     fig, ax = plt.subplots(figsize=(max(8, 0.55 * len(classes) * max(1, len(runs) / 2)), 4))
     for i, run in enumerate(runs):
-        vals = [per_class[run].get(c, float("nan")) for c in classes]
+        vals = [per_class[run].get(c) for c in classes]
+        vals = [float("nan") if v is None else v for v in vals]
         ax.bar(x + (i - (len(runs) - 1) / 2) * width, np.nan_to_num(vals), width, label=run)
     ax.set_xticks(x)
     ax.set_xticklabels(classes, rotation=60, ha="right", fontsize=8)

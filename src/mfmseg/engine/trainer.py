@@ -58,15 +58,26 @@ def seed_iteration(seed: int, rank: int, iteration: int) -> None:
     torch.manual_seed(s)
 
 
+def json_safe(obj: Any) -> Any:
+    """NaN (a class absent from both prediction and ground truth) becomes null: strict JSON for every reader."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def _append_jsonl(path: Path, row: dict) -> None:
     with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+        f.write(json.dumps(json_safe(row)) + "\n")
         f.flush()
 
 
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.write_text(json.dumps(json_safe(obj), indent=2))
     os.replace(tmp, path)
 
 
@@ -260,6 +271,7 @@ class Trainer:
             summary = {"mIoU": result.get("mIoU"), "mIoU16": result.get("mIoU16"), "mIoU13": result.get("mIoU13"),
                        "per_class_iou": result.get("per_class_iou", {}), "iters": iters,
                        "train_seconds": round(seconds, 1), "config": to_dict(self.cfg), **run_info()}
+            summary = json_safe(summary)
             _write_json(self.work_dir / "summary.json", summary)
             report.plot_losses(self.work_dir / "metrics.jsonl", self.work_dir / "loss_curves.png")
             if summary["per_class_iou"]:
