@@ -47,6 +47,82 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+        return h, w
+    except ValueError:
+        raise UserError(f"--size {text!r} is not HxW (e.g. 256x512)") from None
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from mfmseg.data.synthetic import write_benchmark
+
+    out = write_benchmark(args.out, seed=args.seed, num_source=args.num_source, num_target=args.num_target,
+                          num_val=args.num_val, size=_parse_size(args.size), nproc=args.nproc)
+    print(f"wrote the synthetic benchmark to {out} (source: {out / 'gta'}, target: {out / 'cityscapes'})")
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from mfmseg.data.prepare import prepare_dataset
+
+    prepare_dataset(args.kind, args.root, nproc=args.nproc, class_map=args.class_map)
+    return 0
+
+
+def _load_model(args: argparse.Namespace):
+    import torch
+
+    from mfmseg.engine.export import load_inference_model
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model, cfg = load_inference_model(args.checkpoint, device, which=getattr(args, "which", "student"))
+    return model, cfg, device
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from mfmseg.config import load_config
+    from mfmseg.data.datasets import build_dataset
+    from mfmseg.engine.evaluate import evaluate
+    from mfmseg.engine.metrics import format_table
+    from mfmseg.engine.trainer import json_safe
+
+    model, cfg, device = _load_model(args)
+    if args.config:
+        cfg = load_config(args.config)
+    if args.data:
+        cfg.data.val.root = args.data
+    if args.mode:
+        cfg.eval.mode = args.mode
+    result = evaluate(model, build_dataset(cfg.data.val, "val"), cfg.eval, device=device)
+    print(format_table(result))
+    if args.json:
+        from pathlib import Path
+
+        Path(args.json).write_text(json.dumps(json_safe(result), indent=2))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from mfmseg.engine.predict import predict_images
+
+    model, cfg, device = _load_model(args)
+    written = predict_images(model, cfg, args.inputs, args.out, args.format, device)
+    print(f"wrote {len(written)} predictions to {args.out}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from mfmseg.engine.export import export_model
+
+    out = export_model(args.checkpoint, args.out, which=args.which)
+    print(f"exported inference weights to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mfmseg",
@@ -60,6 +136,54 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="example: mfmseg models --json")
     p.add_argument("--json", action="store_true", help="print a JSON list of {name, params}")
     p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("synth", help="write the built-in synthetic UDA benchmark in the GTA/Cityscapes layouts",
+                       epilog="example: mfmseg synth --out data/synthetic --seed 0 --size 256x512")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-source", type=int, default=400)
+    p.add_argument("--num-target", type=int, default=400)
+    p.add_argument("--num-val", type=int, default=100)
+    p.add_argument("--size", default="256x512", help="HxW")
+    p.add_argument("--nproc", type=int, default=2)
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("prepare", help="write *_labelTrainIds.png and rare-class-sampling statistics",
+                       epilog="example: mfmseg prepare gta data/gta --nproc 8")
+    p.add_argument("kind", choices=["gta", "synthia", "cityscapes", "acdc", "darkzurich", "folder"])
+    p.add_argument("root")
+    p.add_argument("--nproc", type=int, default=4)
+    p.add_argument("--class-map", default=None, help="folder datasets: YAML class map (default ROOT/classes.yaml)")
+    p.set_defaults(func=_cmd_prepare)
+
+    for name, helptext, example in [
+        ("evaluate", "mIoU19/16/13 and per-class IoU of a checkpoint on a labelled split",
+         "mfmseg evaluate runs/a/latest.pth --data data/cityscapes --mode slide --json eval.json"),
+        ("predict", "segment images, folders or globs",
+         "mfmseg predict model.pth street/*.jpg --out preds --format overlay"),
+        ("export", "inference-only weights: no Rebuilder, no teacher, no optimizer",
+         "mfmseg export runs/a/latest.pth --out model.pth"),
+    ]:
+        p = sub.add_parser(name, help=helptext, epilog=f"example: {example}")
+        p.add_argument("checkpoint", help="a training checkpoint (latest.pth) or an exported model")
+        p.add_argument("--which", default="student", choices=["student", "teacher"],
+                       help="training checkpoints: which network")
+        if name != "export":
+            p.add_argument("--device", default="auto")
+        if name == "evaluate":
+            p.add_argument("--config", default=None, help="evaluate with this config instead of the checkpoint's")
+            p.add_argument("--data", default=None, help="root of the labelled dataset (overrides data.val.root)")
+            p.add_argument("--mode", choices=["whole", "slide"], default=None)
+            p.add_argument("--json", default=None, help="also write the result as JSON")
+            p.set_defaults(func=_cmd_evaluate)
+        elif name == "predict":
+            p.add_argument("inputs", nargs="+", help="image files, folders or globs")
+            p.add_argument("--out", required=True)
+            p.add_argument("--format", default="color", choices=["color", "overlay", "trainid", "labelid"])
+            p.set_defaults(func=_cmd_predict)
+        else:
+            p.add_argument("--out", required=True)
+            p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("train", help="train a preset or YAML config, with key=value overrides",
                        formatter_class=argparse.RawDescriptionHelpFormatter,

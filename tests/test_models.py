@@ -1,0 +1,104 @@
+"""The zoo: parameter counts vs the references, output strides, the encode/decode split, gradients, errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mfmseg.config import ModelConfig
+from mfmseg.errors import UserError
+from mfmseg.models.zoo import MODELS, build_model, describe_models
+
+SMALL = ["deeplabv2_r18", "daformer_mitb0", "segformer_mitb0"]
+
+
+@pytest.fixture(scope="module")
+def counts():
+    return {r["name"]: r for r in describe_models(19)}
+
+
+def test_param_counts_match_the_references(counts):
+    b5 = counts["daformer_mitb5"]
+    assert b5["params"] == pytest.approx(85.2e6, rel=0.005)
+    assert b5["encoder_params"] == pytest.approx(81.4e6, rel=0.005)
+    assert b5["head_params"] == pytest.approx(3.7e6, rel=0.005)
+    r101 = counts["deeplabv2_r101"]
+    assert r101["params"] == pytest.approx(43.2e6, rel=0.005)
+    assert r101["head_params"] == pytest.approx(0.70e6, rel=0.005)
+    assert set(counts) == set(MODELS)
+
+
+def test_meta_count_equals_a_real_build(counts):
+    model = build_model(ModelConfig(name="daformer_mitb0"))
+    assert sum(p.numel() for p in model.parameters()) == counts["daformer_mitb0"]["params"]
+
+
+@pytest.mark.parametrize("name", SMALL)
+@pytest.mark.parametrize("size", [(64, 64), (64, 128)])
+def test_small_models_shapes_and_gradients(name, size):
+    model = build_model(ModelConfig(name=name, num_classes=7))
+    x = torch.randn(2, 3, *size)
+    feats = model.encode(x)
+    assert [f.shape[1] for f in feats] == model.feature_channels
+    assert [x.shape[-1] // f.shape[-1] for f in feats] == model.feature_strides
+    logits = model.decode(feats)
+    assert logits.shape == (2, 7, size[0] // model.output_stride, size[1] // model.output_stride)
+    assert model.predict(x).shape == (2, 7, *size)
+    modified = [f * 0.5 for f in feats]  # the decoder takes any feature list of the right shapes (MFM)
+    out, feature = model.decode(modified, return_feature=True)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.decode_head.parameters())
+    model.zero_grad()
+    model(x).logsumexp(1).mean().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+
+
+def test_output_strides_at_paper_and_non_square_sizes():
+    for name, stride in [("deeplabv2_r18", 8), ("daformer_mitb0", 4)]:
+        model = build_model(ModelConfig(name=name)).eval()
+        with torch.no_grad():
+            for h, w in [(512, 512), (320, 640)]:
+                assert model(torch.randn(1, 3, h, w)).shape[-2:] == (h // stride, w // stride)
+
+
+@pytest.mark.parametrize("name", ["daformer_mitb5", "deeplabv2_r101"])
+def test_large_models_build_and_run(name):
+    model = build_model(ModelConfig(name=name)).eval()
+    with torch.no_grad():
+        assert model.predict(torch.randn(1, 3, 64, 64)).shape == (1, 19, 64, 64)
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="deeplabv2_r18", num_classes=5))
+    x = torch.randn(2, 3, 64, 64)
+    model(x).sum().backward()
+    ref = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x).sum().backward()
+    for a, p in zip(ref, model.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-5)
+
+
+def test_errors_are_one_line():
+    with pytest.raises(UserError, match="did you mean 'daformer_mitb5'"):
+        build_model(ModelConfig(name="daformer_mitb55"))
+    model = build_model(ModelConfig(name="deeplabv2_r18"))
+    with pytest.raises(UserError, match="B×3×H×W"):
+        model(torch.randn(3, 64, 64))
+    with pytest.raises(UserError, match="float"):
+        model(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    with pytest.raises(UserError, match="not divisible by 8"):
+        model(torch.randn(1, 3, 60, 64))
+    with pytest.raises(UserError, match="decoder_channels"):
+        build_model(ModelConfig(name="deeplabv2_r18", decoder_channels=64))
+
+
+def test_models_cli_json():
+    out = subprocess.run([sys.executable, "-m", "mfmseg", "models", "--json"], capture_output=True, text=True,
+                         check=True)
+    rows = json.loads(out.stdout)
+    assert {r["name"] for r in rows} == set(MODELS) and all(isinstance(r["params"], int) for r in rows)

@@ -1,0 +1,114 @@
+"""Loading ImageNet and released checkpoints from files with the real foreign key layouts."""
+
+import re
+
+import pytest
+import torch
+
+from mfmseg.config import ModelConfig
+from mfmseg.errors import UserError
+from mfmseg.models.weights import load_pretrained, load_released_checkpoint
+from mfmseg.models.zoo import build_model
+
+
+def _to_mmseg_mit(hf_sd):
+    """Our (transformers) MiT keys -> SegFormer's mmseg layout, k/v fused into kv: the inverse mapping, by hand."""
+    out = {}
+    for k, v in hf_sd.items():
+        m = re.fullmatch(r"stages\.(\d)\.(.+)", k)
+        i, rest = int(m[1]) + 1, m[2]
+        if rest.startswith("patch_embeddings.proj."):
+            out[f"patch_embed{i}.proj.{rest.split('.')[-1]}"] = v
+        elif rest.startswith("patch_embeddings.layer_norm."):
+            out[f"patch_embed{i}.norm.{rest.split('.')[-1]}"] = v
+        elif rest.startswith("layer_norm."):
+            out[f"norm{i}.{rest.split('.')[-1]}"] = v
+        else:
+            b = re.fullmatch(r"blocks\.(\d+)\.(.+)", rest)
+            j, r = b[1], b[2]
+            table = {"layernorm_before": "norm1", "layernorm_after": "norm2", "attention.q_proj": "attn.q",
+                     "attention.o_proj": "attn.proj", "attention.sequence_reduction.sequence_reduction": "attn.sr",
+                     "attention.sequence_reduction.layer_norm": "attn.norm", "mlp.fc1": "mlp.fc1",
+                     "mlp.fc2": "mlp.fc2", "mlp.dwconv.dwconv": "mlp.dwconv.dwconv"}
+            module, leaf = r.rsplit(".", 1)
+            if module == "attention.k_proj":
+                out[f"block{i}.{j}.attn.kv.{leaf}"] = torch.cat([v, hf_sd[k.replace("k_proj", "v_proj")]])
+            elif module != "attention.v_proj":
+                out[f"block{i}.{j}.{table[module]}.{leaf}"] = v
+    return out
+
+
+def _daformer_head_to_mmseg(sd):
+    out = {}
+    for k, v in sd.items():
+        k = re.sub(r"^embed_layers\.(\d)\.", r"embed_layers.\1.proj.", k)
+        k = k.replace("fuse_layer.branches.0.0.", "fuse_layer.aspp_modules.0.conv.")
+        k = k.replace("fuse_layer.branches.0.1.", "fuse_layer.aspp_modules.0.bn.")
+        k = re.sub(r"fuse_layer\.branches\.(\d)\.0\.0\.", r"fuse_layer.aspp_modules.\1.depthwise_conv.conv.", k)
+        k = re.sub(r"fuse_layer\.branches\.(\d)\.0\.1\.", r"fuse_layer.aspp_modules.\1.depthwise_conv.bn.", k)
+        k = re.sub(r"fuse_layer\.branches\.(\d)\.1\.0\.", r"fuse_layer.aspp_modules.\1.pointwise_conv.conv.", k)
+        k = re.sub(r"fuse_layer\.branches\.(\d)\.1\.1\.", r"fuse_layer.aspp_modules.\1.pointwise_conv.bn.", k)
+        k = k.replace("fuse_layer.bottleneck.0.", "fuse_layer.bottleneck.conv.")
+        k = k.replace("fuse_layer.bottleneck.1.", "fuse_layer.bottleneck.bn.")
+        out[k] = v
+    return out
+
+
+def _outputs_equal(a, b):
+    a.eval(), b.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(a(x), b(x))
+
+
+def test_mmcv_resnet_v1c_checkpoint(tmp_path):
+    src = build_model(ModelConfig(name="deeplabv2_r18"))
+    sd = {**src.encoder.state_dict(), "fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)}
+    assert "stem.0.weight" in sd and "layer1.0.conv1.weight" in sd
+    torch.save({"state_dict": sd, "meta": {"epoch": 100}}, tmp_path / "resnet18_v1c.pth")
+    dst = build_model(ModelConfig(name="deeplabv2_r18", pretrained=str(tmp_path / "resnet18_v1c.pth")))
+    for k, v in src.encoder.state_dict().items():
+        assert torch.equal(v, dst.encoder.state_dict()[k])
+
+
+def test_segformer_mmseg_mit_checkpoint(tmp_path):
+    src = build_model(ModelConfig(name="daformer_mitb0"))
+    sd = _to_mmseg_mit(src.encoder.model.state_dict())
+    assert "block1.0.attn.kv.weight" in sd and "patch_embed1.proj.weight" in sd
+    sd["head.weight"] = torch.zeros(1000, 256)
+    torch.save(sd, tmp_path / "mit_b0.pth")
+    dst = build_model(ModelConfig(name="daformer_mitb0", pretrained=str(tmp_path / "mit_b0.pth")))
+    dst.decode_head.load_state_dict(src.decode_head.state_dict())
+    _outputs_equal(src, dst)
+
+
+def test_released_daformer_checkpoint_and_mismatch(tmp_path):
+    src = build_model(ModelConfig(name="daformer_mitb0"))
+    backbone = _to_mmseg_mit(src.encoder.model.state_dict())
+    head = _daformer_head_to_mmseg(src.decode_head.state_dict())
+    sd = {**{f"model.backbone.{k}": v for k, v in backbone.items()},
+          **{f"model.decode_head.{k}": v for k, v in head.items()},
+          **{f"ema_model.backbone.{k}": v * 0 for k, v in backbone.items()},
+          **{f"imnet_model.backbone.{k}": v for k, v in backbone.items()}}
+    torch.save({"state_dict": sd, "meta": {"iter": 40000}}, tmp_path / "daformer.pth")
+    dst = build_model(ModelConfig(name="daformer_mitb0"))
+    load_released_checkpoint(dst, tmp_path / "daformer.pth", which="model")
+    _outputs_equal(src, dst)
+    wrong = build_model(ModelConfig(name="daformer_mitb0", num_classes=16))
+    with pytest.raises(UserError, match="conv_seg.*shape mismatch|shape mismatch.*conv_seg"):
+        load_released_checkpoint(wrong, tmp_path / "daformer.pth")
+
+
+def test_wrong_architecture_and_unsafe_files(tmp_path):
+    r18 = build_model(ModelConfig(name="deeplabv2_r18"))
+    torch.save(r18.encoder.state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(UserError, match="does not fit"):
+        build_model(ModelConfig(name="deeplabv2_r50", pretrained=str(tmp_path / "r18.pth")))
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"state_dict": Evil()}, tmp_path / "evil.pth")
+    with pytest.raises(UserError, match="cannot read weights"):
+        build_model(ModelConfig(name="deeplabv2_r18", pretrained=str(tmp_path / "evil.pth")))
