@@ -101,7 +101,11 @@ class UDAStep:
             if self.mfm_on_target:
                 self._mfm_target(tgt_img, labels, weight, run)
             if run.visuals is not None:
-                run.visuals.update(tgt_img=tgt_img, pseudo_label=labels, tgt_pred=self._student_prediction(tgt_img))
+                run.visuals.update(tgt_img=tgt_img, pseudo_label=labels)
+        if run.visuals is not None:
+            run.visuals.update(tgt_img=batch["tgt_img"], tgt_pred=self._student_prediction(batch["tgt_img"]))
+            if "tgt_label" in batch:
+                run.visuals["tgt_label"] = batch["tgt_label"]
         return run.losses, _to_cpu(run.visuals)
 
     def _source_losses(self, img: Tensor, label: Tensor, run: "_Iteration") -> None:
