@@ -49,8 +49,21 @@ def slide_inference(model: nn.Module, img: Tensor, out_size: tuple[int, int], wi
     return F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
 
 
-def infer(model: nn.Module, img: Tensor, out_size: tuple[int, int], mode: str = "whole",
-          window=(512, 512), stride=(341, 341), batch_size: int = 4) -> Tensor:
+def _infer_once(model: nn.Module, img: Tensor, out_size: tuple[int, int], mode: str, window, stride,
+                batch_size: int) -> Tensor:
     if mode == "slide":
         return slide_inference(model, img, out_size, tuple(window), tuple(stride), batch_size)
+    if mode != "whole":
+        raise ValueError(f"inference mode {mode!r} is not 'whole' or 'slide'")
     return whole_inference(model, img, out_size)
+
+
+@torch.no_grad()
+def infer(model: nn.Module, img: Tensor, out_size: tuple[int, int], mode: str = "whole",
+          window=(512, 512), stride=(341, 341), batch_size: int = 4, flip: bool = False) -> Tensor:
+    """Full-resolution logits; `flip` averages with the mirrored image's (mirrored back) logits, as mmseg's TTA."""
+    logits = _infer_once(model, img, out_size, mode, window, stride, batch_size)
+    if flip:
+        mirrored = _infer_once(model, img.flip(-1), out_size, mode, window, stride, batch_size)
+        logits = (logits + mirrored.flip(-1)) / 2
+    return logits

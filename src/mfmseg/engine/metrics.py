@@ -30,11 +30,15 @@ class ConfusionMatrix:
         idx = label[keep] * self.n + pred[keep].clamp(0, self.n - 1)
         self.mat += torch.bincount(idx, minlength=self.n * self.n).view(self.n, self.n)
 
-    def iou(self) -> list[float]:
+    def iou_per_class(self) -> list[float]:
+        """TP / (TP + FP + FN) per class; NaN where the union is empty, which cityscapesscripts also skips."""
         m = self.mat.double().cpu()
         tp = m.diag()
         union = m.sum(0) + m.sum(1) - tp
         return [float(t / u) if u > 0 else math.nan for t, u in zip(tp, union)]
+
+    def iou(self) -> list[float]:
+        return self.iou_per_class()
 
     def pixel_accuracy(self) -> float:
         total = self.mat.sum().item()
@@ -48,7 +52,7 @@ def nanmean(values: list[float]) -> float:
 
 def summarize(cm: ConfusionMatrix, class_names: list[str]) -> dict:
     """Percentages: mIoU (all classes), mIoU16/mIoU13 (SYNTHIA subsets, 19-class models only), aAcc, per class."""
-    iou = [100 * v for v in cm.iou()]
+    iou = [100 * v for v in cm.iou_per_class()]
     out = {"mIoU": nanmean(iou), "aAcc": 100 * cm.pixel_accuracy(),
            "per_class_iou": {name: v for name, v in zip(class_names, iou)}}
     if cm.n == 19:

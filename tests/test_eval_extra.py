@@ -1,0 +1,184 @@
+"""Metric edge cases (NaN classes, ignore), inference modes (small images, flip), predict values, export formats."""
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mfmseg.config import Config, to_dict
+from mfmseg.data.labels import CITYSCAPES_CLASSES, IMAGENET_MEAN, IMAGENET_STD, TRAIN_ID_TO_CITYSCAPES_ID
+from mfmseg.engine.checkpoint import TRAIN_FORMAT
+from mfmseg.engine.export import MODEL_FORMAT, export_model, load_inference_model
+from mfmseg.engine.inference import infer, slide_inference, whole_inference
+from mfmseg.engine.metrics import ConfusionMatrix, summarize
+from mfmseg.engine.predict import collect_inputs, predict_images
+from mfmseg.errors import UserError
+from mfmseg.models.zoo import build_model, count_params
+
+
+def test_iou_by_hand_with_ignore_and_nan_classes():
+    cm = ConfusionMatrix(4)
+    label = torch.tensor([0, 0, 0, 1, 1, 255, 255, 7])
+    pred = torch.tensor([0, 0, 1, 1, 2, 3, 3, 3])  # predictions on ignored pixels must not count
+    cm.update(pred, label)
+    iou = cm.iou_per_class()
+    assert iou[0] == pytest.approx(2 / 3) and iou[1] == pytest.approx(1 / 3)
+    assert iou[2] == 0.0  # predicted only: a real 0, not NaN
+    assert math.isnan(iou[3])  # neither in GT nor (counted) in prediction: skipped like cityscapesscripts
+    assert cm.pixel_accuracy() == pytest.approx(3 / 5)
+    r = summarize(cm, ["a", "b", "c", "d"])
+    assert r["mIoU"] == pytest.approx(100 * (2 / 3 + 1 / 3 + 0) / 3)
+    assert "mIoU16" not in r and r["aAcc"] == pytest.approx(60.0)
+
+
+def test_confusion_matrix_sums_over_images_not_mean_of_images():
+    cm = ConfusionMatrix(2)
+    cm.update(torch.tensor([[0, 0], [0, 0]]), torch.tensor([[0, 0], [0, 1]]))
+    cm.update(torch.tensor([1]), torch.tensor([1]))
+    assert cm.iou_per_class() == pytest.approx([3 / 4, 1 / 2])
+    assert int(cm.mat.sum()) == 5
+    with pytest.raises(ValueError, match="differ in shape"):
+        cm.update(torch.zeros(2, 2), torch.zeros(2, 3))
+
+
+def test_summary_of_19_classes_has_the_synthia_means_and_nan_free_table():
+    from mfmseg.engine.metrics import format_table
+
+    cm = ConfusionMatrix(19)
+    cm.update(torch.arange(10), torch.arange(10))  # classes 10..18 absent: NaN, excluded
+    r = summarize(cm, list(CITYSCAPES_CLASSES))
+    assert r["mIoU"] == pytest.approx(100.0) and r["mIoU16"] == pytest.approx(100.0)
+    table = format_table(r)
+    assert "n/a" in table and "mIoU13" in table and len(table.splitlines()) == 1 + 19 + 4
+
+
+class _Pointwise(torch.nn.Module):
+    num_classes, size_multiple = 3, 1
+
+    def predict(self, x):
+        return torch.stack([x[:, 0], 2 * x[:, 1], -x[:, 2]], 1)
+
+
+class _ColumnRamp(torch.nn.Module):
+    """Logits that depend on the column only: flip averaging must make them constant along the width."""
+    num_classes, size_multiple = 2, 1
+
+    def predict(self, x):
+        ramp = torch.linspace(0, 1, x.shape[-1]).expand(x.shape[0], 1, x.shape[-2], -1)
+        return torch.cat([ramp, 1 - ramp], 1)
+
+
+def test_slide_on_an_image_smaller_than_the_window_equals_whole():
+    x = torch.randn(2, 3, 20, 30)
+    whole = whole_inference(_Pointwise(), x, (40, 60))
+    torch.testing.assert_close(slide_inference(_Pointwise(), x, (40, 60), (64, 64), (32, 32)), whole)
+    torch.testing.assert_close(infer(_Pointwise(), x, (40, 60), "slide", (16, 16), (7, 9), 5), whole)
+
+
+def test_flip_averages_with_the_mirrored_prediction():
+    x = torch.randn(1, 3, 8, 10)
+    plain = infer(_ColumnRamp(), x, (8, 10))
+    flipped = infer(_ColumnRamp(), x, (8, 10), flip=True)
+    assert not torch.allclose(plain[..., 0], plain[..., -1])
+    torch.testing.assert_close(flipped, torch.full_like(flipped, 0.5))
+    torch.testing.assert_close(infer(_Pointwise(), x, (8, 10), flip=True), infer(_Pointwise(), x, (8, 10)))
+    with pytest.raises(ValueError, match="inference mode"):
+        infer(_Pointwise(), x, (8, 10), mode="tiles")
+
+
+def test_slide_equals_whole_for_a_real_network_when_one_window_covers_the_image():
+    cfg = Config()
+    cfg.model.name, cfg.model.decoder_channels = "daformer_mitb0", 16
+    model = build_model(cfg.model).eval()
+    x = torch.randn(1, 3, 64, 96)
+    torch.testing.assert_close(slide_inference(model, x, (128, 192), (64, 96), (32, 32)),
+                               whole_inference(model, x, (128, 192)))
+
+
+class _ByRedLevel(torch.nn.Module):
+    """Class c wherever the image's red channel is 10·c: exact, so predicted PNG values can be checked."""
+    num_classes, size_multiple = 19, 1
+
+    def predict(self, x):
+        red = x[:, 0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]
+        levels = torch.arange(19, dtype=x.dtype).view(1, 19, 1, 1) * 10
+        return -(red[:, None] - levels).abs()
+
+
+def test_predict_writes_every_format_with_exact_values_and_relative_paths(tmp_path):
+    classes = np.tile(np.repeat(np.arange(19), 2)[None], (6, 1))  # 6 x 38 train ids
+    rgb = np.zeros((6, 38, 3), np.uint8)
+    rgb[..., 0] = classes * 10
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    Image.fromarray(rgb).save(tmp_path / "in" / "sub" / "a.png")
+    Image.fromarray(rgb).save(tmp_path / "in" / "b.jpg", quality=100)
+    cfg = Config()
+    cfg.data.val.resize, cfg.data.val.keep_ratio = [38, 6], False
+    found = collect_inputs([str(tmp_path / "in")])
+    assert [str(r) for _, r in found] == ["b.jpg", str(Path("sub") / "a.png")]
+    for fmt in ("trainid", "labelid", "color", "overlay"):
+        out = predict_images(_ByRedLevel(), cfg, [str(tmp_path / "in" / "sub" / "*.png")], tmp_path / fmt, fmt)
+        assert out == [tmp_path / fmt / "a.png"]
+        arr = np.asarray(Image.open(out[0]))
+        if fmt == "trainid":
+            assert arr.dtype == np.uint8 and arr.shape == (6, 38) and (arr == classes).all()
+        elif fmt == "labelid":
+            assert arr.shape == (6, 38) and (arr == TRAIN_ID_TO_CITYSCAPES_ID[classes]).all()
+            assert arr[0, 0] == 7 and arr[0, -1] == 33  # road, bicycle
+        else:
+            assert arr.shape == (6, 38, 3)
+    with pytest.raises(UserError, match="input not found"):
+        collect_inputs([str(tmp_path / "nothing*.png")])
+    with pytest.raises(UserError, match="--format"):
+        predict_images(_ByRedLevel(), cfg, [str(tmp_path / "in")], tmp_path / "x", "jpeg")
+
+
+def _fake_train_checkpoint(path: Path, *, rebuilder: bool, teacher: bool) -> torch.nn.Module:
+    cfg = Config()
+    cfg.model.name, cfg.model.decoder_channels = "daformer_mitb0", 16
+    torch.manual_seed(1)
+    student = build_model(cfg.model)
+    teacher_sd = {k: v + 1 if v.is_floating_point() else v for k, v in student.state_dict().items()}
+    torch.save({"format": TRAIN_FORMAT, "config": to_dict(cfg), "iteration": 3, "student": student.state_dict(),
+                "teacher": teacher_sd if teacher else None,
+                "rebuilder": {"proj.weight": torch.randn(64, 16), "proj.bias": torch.zeros(64)} if rebuilder else None,
+                "optimizer": {}, "scheduler": {}, "rng": {}, "version": "0", "git_commit": "x"}, path)
+    return student.eval()
+
+
+def test_export_of_an_mfm_checkpoint_is_the_baseline_network(tmp_path):
+    student = _fake_train_checkpoint(tmp_path / "mfm.pth", rebuilder=True, teacher=True)
+    _fake_train_checkpoint(tmp_path / "base.pth", rebuilder=False, teacher=False)
+    exported = {}
+    for name in ("mfm", "base"):
+        out = export_model(tmp_path / f"{name}.pth", tmp_path / f"{name}_model.pth")
+        exported[name] = torch.load(out, weights_only=True)
+        assert exported[name]["format"] == MODEL_FORMAT
+        assert set(exported[name]) == {"format", "config", "state_dict", "classes", "palette", "version"}
+        assert len(exported[name]["classes"]) == len(exported[name]["palette"]) == 19
+    sizes = {n: sum(v.numel() for v in e["state_dict"].values()) for n, e in exported.items()}
+    assert sizes["mfm"] == sizes["base"]
+    assert not any("rebuild" in k or "teacher" in k or "imnet" in k for k in exported["mfm"]["state_dict"])
+    model, cfg = load_inference_model(tmp_path / "mfm_model.pth")
+    assert count_params(model) == count_params(student) and cfg.model.name == "daformer_mitb0"
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(model.predict(x), student.predict(x))
+        teacher, _ = load_inference_model(tmp_path / "mfm.pth", which="teacher")
+        assert not torch.allclose(teacher.predict(x), student.predict(x))
+    with pytest.raises(UserError, match="no 'teacher' weights"):
+        load_inference_model(tmp_path / "base.pth", which="teacher")
+
+
+def test_cli_export_of_a_bad_file_is_one_line_and_nonzero(tmp_path):
+    torch.save({"format": "something-else"}, tmp_path / "other.pth")
+    run = subprocess.run([sys.executable, "-m", "mfmseg", "export", str(tmp_path / "other.pth"),
+                          "--out", str(tmp_path / "m.pth")], capture_output=True, text=True)
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and "neither an mfmseg" in run.stderr
+    assert not (tmp_path / "m.pth").exists()
