@@ -4,6 +4,7 @@ import re
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from mfmseg.config import ModelConfig
 from mfmseg.errors import UserError
@@ -89,14 +90,67 @@ def test_released_daformer_checkpoint_and_mismatch(tmp_path):
     sd = {**{f"model.backbone.{k}": v for k, v in backbone.items()},
           **{f"model.decode_head.{k}": v for k, v in head.items()},
           **{f"ema_model.backbone.{k}": v * 0 for k, v in backbone.items()},
+          **{f"ema_model.decode_head.{k}": v for k, v in head.items()},
           **{f"imnet_model.backbone.{k}": v for k, v in backbone.items()}}
     torch.save({"state_dict": sd, "meta": {"iter": 40000}}, tmp_path / "daformer.pth")
     dst = build_model(ModelConfig(name="daformer_mitb0"))
-    load_released_checkpoint(dst, tmp_path / "daformer.pth", which="model")
+    assert load_released_checkpoint(tmp_path / "daformer.pth", dst, which="model") is dst
     _outputs_equal(src, dst)
+    by_name = load_released_checkpoint(tmp_path / "daformer.pth", "daformer_mitb0")
+    assert by_name.num_classes == 19
+    _outputs_equal(src, by_name)
+    ema = load_released_checkpoint(tmp_path / "daformer.pth", "daformer_mitb0", which="ema_model")
+    assert all(not p.detach().any() for p in ema.encoder.parameters())
     wrong = build_model(ModelConfig(name="daformer_mitb0", num_classes=16))
     with pytest.raises(UserError, match="conv_seg.*shape mismatch|shape mismatch.*conv_seg"):
-        load_released_checkpoint(wrong, tmp_path / "daformer.pth")
+        load_released_checkpoint(tmp_path / "daformer.pth", wrong)
+    with pytest.raises(UserError, match="does not fit"):
+        load_released_checkpoint(tmp_path / "daformer.pth", "daformer_mitb1")
+    with pytest.raises(UserError, match="no 'ema_model"):
+        torch.save({"state_dict": {k: v for k, v in sd.items() if k.startswith("model.")}}, tmp_path / "m.pth")
+        load_released_checkpoint(tmp_path / "m.pth", "daformer_mitb0", which="ema_model")
+
+
+def test_released_hrda_checkpoint_keeps_the_segmentation_head(tmp_path):
+    """HRDA/MIC nest the DAFormer head under `decode_head.head.` beside a `scale_attention` head."""
+    src = build_model(ModelConfig(name="daformer_mitb0", num_classes=16))
+    head = _daformer_head_to_mmseg(src.decode_head.state_dict())
+    sd = {**{f"model.backbone.{k}": v for k, v in _to_mmseg_mit(src.encoder.model.state_dict()).items()},
+          **{f"model.decode_head.head.{k}": v for k, v in head.items()},
+          **{f"model.decode_head.scale_attention.{k}": v.clone() for k, v in head.items()}}
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "hrda.safetensors"))
+    dst = load_released_checkpoint(tmp_path / "hrda.safetensors", "daformer_mitb0")
+    assert dst.num_classes == 16
+    _outputs_equal(src, dst)
+
+
+def test_released_dacs_deeplabv2_checkpoint(tmp_path):
+    """DAFormer's DLV2Head: `decode_head.aspp_modules.<i>.conv.{weight,bias}`; the ResNet keys are mmcv's."""
+    src = build_model(ModelConfig(name="deeplabv2_r18", num_classes=19))
+    head = {k.replace("aspp.", "aspp_modules.", 1).replace(".weight", ".conv.weight").replace(".bias", ".conv.bias"): v
+            for k, v in src.decode_head.state_dict().items()}
+    assert "aspp_modules.1.conv.weight" in head
+    sd = {**{f"model.backbone.{k}": v for k, v in src.encoder.state_dict().items()},
+          **{f"model.decode_head.{k}": v for k, v in head.items()}}
+    torch.save({"state_dict": sd}, tmp_path / "dacs.pth")
+    dst = load_released_checkpoint(tmp_path / "dacs.pth", "deeplabv2_r18")
+    _outputs_equal(src, dst)
+    with pytest.raises(UserError, match="backbone.*does not fit"):
+        load_released_checkpoint(tmp_path / "dacs.pth", "deeplabv2_r50")
+
+
+def test_hf_folder_and_safetensors_imagenet_weights(tmp_path):
+    src = build_model(ModelConfig(name="daformer_mitb0"))
+    src.encoder.model.save_pretrained(tmp_path / "mit-b0")
+    dst = build_model(ModelConfig(name="daformer_mitb0", pretrained=str(tmp_path / "mit-b0")))
+    dst.decode_head.load_state_dict(src.decode_head.state_dict())
+    _outputs_equal(src, dst)
+    r18 = build_model(ModelConfig(name="deeplabv2_r18"))
+    save_file({k: v.contiguous() for k, v in r18.encoder.state_dict().items()}, str(tmp_path / "r18.safetensors"))
+    loaded = build_model(ModelConfig(name="deeplabv2_r18", pretrained=str(tmp_path / "r18.safetensors")))
+    assert all(torch.equal(v, loaded.encoder.state_dict()[k]) for k, v in r18.encoder.state_dict().items())
+    with pytest.raises(UserError, match="not found"):
+        build_model(ModelConfig(name="deeplabv2_r18", pretrained=str(tmp_path / "missing.pth")))
 
 
 def test_wrong_architecture_and_unsafe_files(tmp_path):

@@ -137,16 +137,52 @@ def daformer_head_from_mmseg(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def load_released_checkpoint(model: nn.Module, path: str | Path, which: str = "model") -> None:
-    """A released DAFormer/HRDA/MIC checkpoint (`which` = model | ema_model) into a DAFormer-MiT Segmentor."""
+def dlv2_head_from_mmseg(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """lhoyer/DAFormer `DLV2Head` keys (`aspp_modules.<i>.conv.*`, ConvModule without norm) -> ours (`aspp.<i>.*`)."""
+    return {re.sub(r"^aspp_modules\.(\d+)\.conv\.", r"aspp.\1.", k): v for k, v in sd.items()}
+
+
+def _released_head(head: dict[str, Tensor]) -> dict[str, Tensor]:
+    """HRDA/MIC wrap the DAFormer head as `head.*` next to a `scale_attention.*` head that our single-scale
+    Segmentor has no place for: keep the segmentation head, drop the attention (single-scale inference)."""
+    if any(k.startswith("head.") for k in head):
+        return {k[len("head."):]: v for k, v in head.items() if k.startswith("head.")}
+    return head
+
+
+def load_released_checkpoint(path: str | Path, model: str | nn.Module, which: str = "model",
+                             num_classes: int | None = None) -> nn.Module:
+    """A released DAFormer/HRDA/MIC/DACS checkpoint (mmseg 0.16 `state_dict` with `model.*`, `ema_model.*`,
+    `imnet_model.*`) into a Segmentor: `model` is one (filled in place) or a zoo name (built, with `num_classes`
+    or the class count the checkpoint's classifier has). Returns the filled Segmentor."""
+    if which not in ("model", "ema_model", "imnet_model"):
+        raise UserError(f"which must be 'model' or 'ema_model', got '{which}'")
     sd = read_state_dict(path)
     prefix = f"{which}."
     part = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     if not part:
-        raise UserError(f"{path} has no '{which}.*' keys (found e.g. {list(sd)[:3]})")
+        raise UserError(f"{path} has no '{which}.*' keys (found e.g. {list(sd)[:3]}): not a released "
+                        f"DAFormer/HRDA/MIC checkpoint?")
     backbone = {k[len("backbone."):]: v for k, v in part.items() if k.startswith("backbone.")}
-    head = {k[len("decode_head."):]: v for k, v in part.items() if k.startswith("decode_head.")}
-    if not isinstance(model.encoder, MiT):
-        raise UserError("released DAFormer/HRDA/MIC checkpoints need a daformer_mit* model")
-    load_strict(model.encoder.model, mit_mmseg_to_hf(backbone), f"{path} ({which}.backbone)")
-    load_strict(model.decode_head, daformer_head_from_mmseg(head), f"{path} ({which}.decode_head)")
+    head = _released_head({k[len("decode_head."):]: v for k, v in part.items() if k.startswith("decode_head.")})
+    if isinstance(model, str):
+        model = _build_for_released(model, head, num_classes)
+    if isinstance(model.encoder, MiT):
+        backbone, head = mit_mmseg_to_hf(backbone), daformer_head_from_mmseg(head)
+        load_strict(model.encoder.model, backbone, f"{path} ({which}.backbone)")
+    else:
+        head = dlv2_head_from_mmseg(head)
+        load_strict(model.encoder, backbone, f"{path} ({which}.backbone)")
+    load_strict(model.decode_head, head, f"{path} ({which}.decode_head)")
+    return model
+
+
+def _build_for_released(name: str, head: dict[str, Tensor], num_classes: int | None) -> nn.Module:
+    """The zoo model `name` with the checkpoint's class count (read from its classifier) unless one is given."""
+    from mfmseg.config import ModelConfig
+    from mfmseg.models.zoo import build_model
+
+    if num_classes is None:
+        classifier = [v for k, v in head.items() if k in ("conv_seg.weight", "aspp_modules.0.conv.weight")]
+        num_classes = int(classifier[0].shape[0]) if classifier else 19
+    return build_model(ModelConfig(name=name, num_classes=num_classes))
