@@ -182,3 +182,17 @@ def test_cli_export_of_a_bad_file_is_one_line_and_nonzero(tmp_path):
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1 and "neither an mfmseg" in run.stderr
     assert not (tmp_path / "m.pth").exists()
+
+
+def test_inference_overhead_benchmark_exports_equal_networks(tmp_path):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "inference_overhead.py"
+    spec = importlib.util.spec_from_file_location("inference_overhead", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.run("daformer_mitb0", 16, [64, 64], 1, torch.device("cpu"))
+    assert result["mfm"]["params"] == result["baseline"]["params"]
+    assert result["mfm"]["export_mib"] == pytest.approx(result["baseline"]["export_mib"], rel=1e-3)
+    assert result["mfm"]["train_mib"] > result["baseline"]["train_mib"]  # the Rebuilder was there before export
+    assert result["ratio_mfm_over_baseline"] > 0
