@@ -1,104 +1,68 @@
-"""Inference time of an exported MFM model vs an exported baseline of the same network, in one run.
+"""Inference cost of an exported MFM-trained model vs an exported baseline of the same network, in one run.
 
-MFM's Rebuilder is a training-only module: export keeps the student alone, so both exported files must hold the
-same network and run at the same speed (ratio ≈ 1.00). Both training checkpoints are built here (same architecture,
-the MFM one also carrying a real Rebuilder and a teacher), exported with `export_model`, reloaded with
-`load_inference_model`, and timed alternately so that clock or thermal drift hits both equally.
+Both models are trained for a couple of iterations on a tiny synthetic benchmark (weights do not matter for
+speed), exported with `mfmseg export`, reloaded, and timed alternately on the same inputs. MFM's Rebuilder is
+training-only, so the ratio should be 1.00 up to noise and the parameter counts identical.
 
-    python benchmarks/inference_overhead.py --repeats 5
-    python benchmarks/inference_overhead.py --model daformer_mitb5 --size 512 1024 --device cuda --repeats 50 \
-        --out inference_overhead.json
+    python benchmarks/inference_overhead.py --size 512x1024 --reps 10 --out bench_inference.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from mfmseg.config import Config, MFMConfig, to_dict
-from mfmseg.engine.checkpoint import TRAIN_FORMAT
+from mfmseg.config import load_config
+from mfmseg.data.prepare import prepare_dataset
+from mfmseg.data.synthetic import write_benchmark
 from mfmseg.engine.export import export_model, load_inference_model
-from mfmseg.engine.inference import whole_inference
-from mfmseg.models.zoo import build_model, count_params
-from mfmseg.uda.mfm import Rebuilder
+from mfmseg.engine.trainer import train
 
 
-def write_train_checkpoint(path: Path, cfg: Config, student: torch.nn.Module, mfm: bool, crop: list[int]) -> None:
-    """A training checkpoint as the trainer writes it; the MFM one carries the Rebuilder export must drop."""
-    rebuilder = Rebuilder.for_segmentor(student, crop, MFMConfig(enabled=True)).state_dict() if mfm else None
-    torch.save({"format": TRAIN_FORMAT, "config": to_dict(cfg), "iteration": 0, "student": student.state_dict(),
-                "teacher": student.state_dict() if mfm else None, "rebuilder": rebuilder, "optimizer": {},
-                "scheduler": {}, "rng": {}, "version": "benchmark", "git_commit": "benchmark"}, path)
-
-
-def time_model(model: torch.nn.Module, x: torch.Tensor, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    whole_inference(model, x, tuple(x.shape[-2:]))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
-
-
-def run(model_name: str, decoder_channels: int | None, size: list[int], repeats: int, device: torch.device) -> dict:
-    cfg = Config()
-    cfg.model.name, cfg.model.decoder_channels = model_name, decoder_channels
-    torch.manual_seed(0)
-    models, files = {}, {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for variant, mfm in (("baseline", False), ("mfm", True)):
-            ckpt = Path(tmp) / f"{variant}_train.pth"
-            write_train_checkpoint(ckpt, cfg, build_model(cfg.model), mfm, size)
-            exported = export_model(ckpt, Path(tmp) / f"{variant}_model.pth")
-            files[variant] = {"train_mib": ckpt.stat().st_size / 2**20, "export_mib": exported.stat().st_size / 2**20}
-            models[variant], _ = load_inference_model(exported, device)
-    x = torch.randn(1, 3, *size, device=device)
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for name in models:  # warm-up (cudnn autotuning, allocator)
-        time_model(models[name], x, device)
-    for _ in range(repeats):
-        for name in models:
-            times[name].append(time_model(models[name], x, device))
-    rows = {name: {"params": count_params(models[name]), "median_s": statistics.median(t), "mean_s": statistics.mean(t),
-                   **files[name]} for name, t in times.items()}
-    return {"model": model_name, "size_hw": size, "device": str(device), "repeats": repeats, **rows,
-            "ratio_mfm_over_baseline": rows["mfm"]["median_s"] / rows["baseline"]["median_s"]}
-
-
-def print_table(result: dict) -> None:
-    print(f"{result['model']} at {result['size_hw'][0]}x{result['size_hw'][1]} on {result['device']}, "
-          f"{result['repeats']} repeats")
-    print(f"{'export':<10} {'params':>12} {'train MiB':>10} {'export MiB':>11} {'median s':>10} {'mean s':>10}")
-    for name in ("baseline", "mfm"):
-        r = result[name]
-        print(f"{name:<10} {r['params']:>12,} {r['train_mib']:>10.2f} {r['export_mib']:>11.2f} "
-              f"{r['median_s']:>10.4f} {r['mean_s']:>10.4f}")
-    print(f"ratio mfm / baseline (median): {result['ratio_mfm_over_baseline']:.3f}")
+def trained_export(root: Path, work: Path, mfm: bool) -> Path:
+    overrides = [f"work_dir={work}", f"data.source.root={root / 'gta'}", f"data.target.root={root / 'cityscapes'}",
+                 f"data.val.root={root / 'cityscapes'}", "train.max_iters=2", "train.panel_interval=0",
+                 "data.num_workers=0", "data.rcs.min_pixels=10", f"uda.mfm.enabled={str(mfm).lower()}"]
+    train(load_config("synthetic_dacs", overrides))
+    return export_model(work / "latest.pth", work.with_suffix(".model.pth"))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="daformer_mitb0", help="a zoo name (`mfmseg models`)")
-    parser.add_argument("--decoder-channels", type=int, default=None, help="head width; default the paper's")
-    parser.add_argument("--size", type=int, nargs=2, default=[256, 512], metavar=("H", "W"))
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default=None, help="also write the result as JSON")
-    args = parser.parse_args()
-    result = run(args.model, args.decoder_channels, args.size, args.repeats, torch.device(args.device))
-    print_table(result)
-    if args.out:
-        tmp = f"{args.out}.tmp"
-        Path(tmp).write_text(json.dumps(result, indent=2))
-        os.replace(tmp, args.out)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="256x512", help="HxW of the timed input")
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--out", default="bench_inference.json")
+    args = ap.parse_args()
+    h, w = (int(v) for v in args.size.split("x"))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = write_benchmark(Path(tmp) / "data", num_source=8, num_target=8, num_val=2, size=(128, 256))
+        prepare_dataset("gta", root / "gta", nproc=1)
+        prepare_dataset("cityscapes", root / "cityscapes", nproc=1)
+        models = {name: load_inference_model(trained_export(root, Path(tmp) / name, name == "mfm"))[0]
+                  for name in ("baseline", "mfm")}
+        x = torch.randn(1, 3, h, w)
+        times = {name: [] for name in models}
+        with torch.no_grad():
+            for name, m in models.items():
+                m(x)  # warm-up
+            for _ in range(args.reps):  # alternate so that machine noise hits both alike
+                for name, m in models.items():
+                    t = time.perf_counter()
+                    m(x)
+                    times[name].append(time.perf_counter() - t)
+    res = {name: {"median_s": sorted(t)[len(t) // 2], "params": sum(p.numel() for p in models[name].parameters())}
+           for name, t in times.items()}
+    ratio = res["mfm"]["median_s"] / res["baseline"]["median_s"]
+    print(f"{'model':<10} {'median s':>9} {'params':>10}")
+    for name, r in res.items():
+        print(f"{name:<10} {r['median_s']:>9.4f} {r['params']:>10d}")
+    print(f"MFM / baseline inference time: {ratio:.3f}x")
+    Path(args.out).write_text(json.dumps({"size": [h, w], "results": res, "ratio": ratio}, indent=2))
 
 
 if __name__ == "__main__":
