@@ -15,11 +15,7 @@ from torch import Tensor
 from mfmseg.config import MixConfig
 from mfmseg.uda.losses import IGNORE_INDEX
 
-try:  # the data layer owns these; keep the step usable while it is being written
-    from mfmseg.data.labels import IMAGENET_MEAN, IMAGENET_STD
-except ImportError:  # pragma: no cover - only until mfmseg.data.labels lands
-    IMAGENET_MEAN = (123.675, 116.28, 103.53)
-    IMAGENET_STD = (58.395, 57.12, 57.375)
+from mfmseg.data.labels import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _rand(generator: torch.Generator | None, *shape: int) -> Tensor:
