@@ -59,10 +59,12 @@ class Bottleneck(nn.Module):
 
 
 class ResNetV1c(nn.Module):
-    """Returns [layer4] (the level DeepLab-V2 reads) at stride 8."""
+    """Returns the stages in `out_indices` (0 = layer1): [layer4] for DeepLab-V2, [layer1, layer4] for V3+."""
 
-    def __init__(self, depth: int = 101, strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4)) -> None:
+    def __init__(self, depth: int = 101, strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4),
+                 out_indices: tuple[int, ...] = (3,)) -> None:
         super().__init__()
+        self.out_indices = tuple(out_indices)
         if depth not in DEPTHS:
             raise ValueError(f"ResNet depth {depth} not in {sorted(DEPTHS)}")
         kind, blocks = DEPTHS[depth]
@@ -77,6 +79,7 @@ class ResNetV1c(nn.Module):
             planes = 64 * 2**i
             layer, cin = self._make_layer(block, cin, planes, n, stride, dilation)
             self.add_module(f"layer{i + 1}", layer)
+        self.stage_channels = [64 * 2**i * block.expansion for i in range(4)]
         self.out_channels = cin
         self.grad_checkpointing = False
 
@@ -96,10 +99,13 @@ class ResNetV1c(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         x = self.maxpool(self.stem(x))
-        for name in ("layer1", "layer2", "layer3", "layer4"):
+        outs = []
+        for i, name in enumerate(("layer1", "layer2", "layer3", "layer4")):
             layer = getattr(self, name)
             if self.grad_checkpointing and self.training:
                 x = cp.checkpoint(layer, x, use_reentrant=False)
             else:
                 x = layer(x)
-        return [x]
+            if i in self.out_indices:
+                outs.append(x)
+        return outs

@@ -11,6 +11,7 @@ from mfmseg.config import ModelConfig
 from mfmseg.errors import UserError
 from mfmseg.models.heads.daformer import DAFormerHead
 from mfmseg.models.heads.deeplabv2 import DeepLabV2Head
+from mfmseg.models.heads.deeplabv3plus import DeepLabV3PlusHead
 from mfmseg.models.heads.segformer import SegFormerHead
 from mfmseg.models.mit import MiT
 from mfmseg.models.resnet import ResNetV1c
@@ -20,7 +21,7 @@ from mfmseg.models.segmentor import Segmentor
 @dataclass(frozen=True)
 class ModelSpec:
     encoder: str  # "resnet101" | "mit_b5" | ...
-    head: str  # "deeplabv2" | "daformer" | "segformer"
+    head: str  # "deeplabv2" | "deeplabv3plus" | "daformer" | "segformer"
     head_kwargs: dict = field(default_factory=dict)
 
 
@@ -29,16 +30,20 @@ MODELS: dict[str, ModelSpec] = {
     "deeplabv2_r50": ModelSpec("resnet50", "deeplabv2"),
     "deeplabv2_r101": ModelSpec("resnet101", "deeplabv2"),
     "deeplabv2_r101_aspp": ModelSpec("resnet101", "deeplabv2", {"dilations": (6, 12, 18, 24)}),
+    "deeplabv3plus_r101": ModelSpec("resnet101", "deeplabv3plus"),
     **{f"daformer_mit{s}": ModelSpec(f"mit_{s}", "daformer") for s in ("b0", "b1", "b2", "b3", "b4", "b5")},
     "segformer_mitb0": ModelSpec("mit_b0", "segformer", {"channels": 256}),
     "segformer_mitb5": ModelSpec("mit_b5", "segformer", {"channels": 768}),
 }
 
 
-def _encoder(name: str):
+def _encoder(name: str, head: str):
+    """(encoder, channels, strides, size multiple) of the levels `head` reads."""
     if name.startswith("resnet"):
-        enc = ResNetV1c(int(name[len("resnet"):]))
-        return enc, [enc.out_channels], [8], 8
+        out_indices = (0, 3) if head == "deeplabv3plus" else (3,)
+        enc = ResNetV1c(int(name[len("resnet"):]), out_indices=out_indices)
+        strides = [4, 8] if head == "deeplabv3plus" else [8]
+        return enc, [enc.stage_channels[i] for i in out_indices], strides, 8
     enc = MiT(name.split("_")[1])
     return enc, list(enc.out_channels), [4, 8, 16, 32], 32
 
@@ -52,7 +57,7 @@ def build_model(cfg: ModelConfig) -> Segmentor:
     if cfg.num_classes < 1:
         raise UserError(f"model.num_classes must be positive, got {cfg.num_classes}")
     spec = MODELS[cfg.name]
-    encoder, channels, strides, multiple = _encoder(spec.encoder)
+    encoder, channels, strides, multiple = _encoder(spec.encoder, spec.head)
     kwargs = dict(spec.head_kwargs)
     if cfg.decoder_channels is not None:
         if spec.head == "deeplabv2":
@@ -60,6 +65,8 @@ def build_model(cfg: ModelConfig) -> Segmentor:
         kwargs["channels"] = cfg.decoder_channels
     if spec.head == "deeplabv2":
         head = DeepLabV2Head(channels[-1], cfg.num_classes, **kwargs)
+    elif spec.head == "deeplabv3plus":
+        head = DeepLabV3PlusHead(channels, cfg.num_classes, **kwargs)
     elif spec.head == "daformer":
         head = DAFormerHead(channels, cfg.num_classes, **kwargs)
     else:

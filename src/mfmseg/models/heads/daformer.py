@@ -31,7 +31,9 @@ def embed_levels(feats: list[Tensor], embed_layers: nn.ModuleList) -> Tensor:
 
 
 class SeparableASPP(nn.Module):
-    def __init__(self, cin: int, cout: int, dilations=(1, 6, 12, 18)) -> None:
+    """`extra_inputs` branches computed outside (DeepLab-V3+'s image pool) are concatenated first."""
+
+    def __init__(self, cin: int, cout: int, dilations=(1, 6, 12, 18), extra_inputs: int = 0) -> None:
         super().__init__()
         branches = []
         for d in dilations:
@@ -40,10 +42,10 @@ class SeparableASPP(nn.Module):
             else:
                 branches.append(nn.Sequential(conv_bn_relu(cin, cin, 3, d, groups=cin), conv_bn_relu(cin, cout, 1)))
         self.branches = nn.ModuleList(branches)
-        self.bottleneck = conv_bn_relu(cout * len(dilations), cout, 3)
+        self.bottleneck = conv_bn_relu(cout * (len(dilations) + extra_inputs), cout, 3)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.bottleneck(torch.cat([b(x) for b in self.branches], dim=1))
+    def forward(self, x: Tensor, extra: list[Tensor] | None = None) -> Tensor:
+        return self.bottleneck(torch.cat([*(extra or []), *(b(x) for b in self.branches)], dim=1))
 
 
 class DAFormerHead(nn.Module):
