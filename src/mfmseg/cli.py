@@ -74,10 +74,13 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 def _load_model(args: argparse.Namespace):
     import torch
 
+    from mfmseg.config import load_config
     from mfmseg.engine.export import load_inference_model
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    model, cfg = load_inference_model(args.checkpoint, device, which=getattr(args, "which", "student"))
+    config = load_config(args.config) if args.config else None  # the architecture of released checkpoints
+    model, cfg = load_inference_model(args.checkpoint, device, which=getattr(args, "which", "student"),
+                                      config=config)
     return model, cfg, device
 
 
@@ -116,9 +119,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from mfmseg.config import load_config
     from mfmseg.engine.export import export_model
 
-    out = export_model(args.checkpoint, args.out, which=args.which)
+    config = load_config(args.config) if args.config else None
+    out = export_model(args.checkpoint, args.out, which=args.which, config=config)
     print(f"exported inference weights to {out}")
     return 0
 
@@ -165,13 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
          "mfmseg export runs/a/latest.pth --out model.pth"),
     ]:
         p = sub.add_parser(name, help=helptext, epilog=f"example: {example}")
-        p.add_argument("checkpoint", help="a training checkpoint (latest.pth) or an exported model")
+        p.add_argument("checkpoint", help="a training checkpoint (latest.pth), an exported model, or a released "
+                                          "DAFormer/HRDA/MIC checkpoint (with --config)")
         p.add_argument("--which", default="student", choices=["student", "teacher"],
-                       help="training checkpoints: which network")
+                       help="training checkpoints: which network (released ones: model / ema_model)")
+        p.add_argument("--config", default=None,
+                       help="a preset or YAML: the network of a released checkpoint"
+                            + ("; also the data and evaluation settings" if name == "evaluate" else ""))
         if name != "export":
             p.add_argument("--device", default="auto")
         if name == "evaluate":
-            p.add_argument("--config", default=None, help="evaluate with this config instead of the checkpoint's")
             p.add_argument("--data", default=None, help="root of the labelled dataset (overrides data.val.root)")
             p.add_argument("--mode", choices=["whole", "slide"], default=None)
             p.add_argument("--json", default=None, help="also write the result as JSON")

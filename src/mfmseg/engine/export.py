@@ -18,37 +18,72 @@ from mfmseg.data.labels import CITYSCAPES_PALETTE
 from mfmseg.engine.checkpoint import TRAIN_FORMAT, atomic_torch_save, load_torch_file
 from mfmseg.engine.evaluate import class_names
 from mfmseg.errors import UserError
-from mfmseg.models.weights import load_strict
+from mfmseg.models.weights import load_released_checkpoint, load_strict
 from mfmseg.models.zoo import build_model
 
 MODEL_FORMAT = "mfmseg-model-v1"
+RELEASED_WHICH = {"student": "model", "teacher": "ema_model"}
 
 
-def _student_and_config(path: str | Path, which: str = "student") -> tuple[dict, Config]:
-    ckpt = load_torch_file(path)
+def _is_released(ckpt: dict) -> bool:
+    """mmseg 0.16 files of DAFormer/HRDA/MIC/DACS: no format tag, `state_dict` with `model.*`/`ema_model.*`."""
+    sd = ckpt.get("state_dict")
+    return ("format" not in ckpt and isinstance(sd, dict)
+            and any(str(k).startswith(("model.", "ema_model.")) for k in sd))
+
+
+def _check_which(which: str) -> None:
+    if which not in RELEASED_WHICH:
+        raise UserError(f"which must be 'student' or 'teacher', got '{which}'")
+
+
+def _student_and_config(ckpt: dict, path: str | Path, which: str = "student") -> tuple[dict, Config]:
     fmt = ckpt.get("format")
     if fmt == MODEL_FORMAT:
         return ckpt["state_dict"], config_from_dict(ckpt["config"], str(path))
     if fmt == TRAIN_FORMAT:
-        if which not in ("student", "teacher") or ckpt.get(which) is None:
+        if ckpt.get(which) is None:
             raise UserError(f"{path} has no '{which}' weights (a source-only run has no teacher)")
         return ckpt[which], config_from_dict(ckpt["config"], str(path))
     raise UserError(f"{path} is neither an mfmseg training checkpoint nor an exported model (format {fmt!r})")
 
 
-def load_inference_model(path: str | Path, device: str | torch.device = "cpu",
-                         which: str = "student") -> tuple[nn.Module, Config]:
-    """(Segmentor in eval mode, its Config) from a training checkpoint or an exported model."""
-    state, cfg = _student_and_config(path, which)
-    cfg.model.pretrained = None  # the weights come from the file, not from ImageNet
-    model = build_model(cfg.model)
-    load_strict(model, state, f"checkpoint {path}")
+def _load_released(path: str | Path, which: str, config: Config | None) -> tuple[nn.Module, Config]:
+    """Released files carry no config: the architecture comes from `config` (a preset naming the same network)."""
+    if config is None:
+        raise UserError(f"{path} is a released DAFormer/HRDA/MIC checkpoint without a config: pass --config "
+                        f"with the preset of its network (e.g. gta2cs_daformer_mitb5)")
+    config.model.pretrained = None
+    model = load_released_checkpoint(path, build_model(config.model), which=RELEASED_WHICH[which])
+    return model, config
+
+
+def load_inference_model(path: str | Path, device: str | torch.device = "cpu", which: str = "student",
+                         config: Config | None = None) -> tuple[nn.Module, Config]:
+    """(Segmentor in eval mode, its Config) from a training checkpoint, an exported model or (with `config`) a
+    released mmseg checkpoint, whose `model` / `ema_model` are our student / teacher."""
+    _check_which(which)
+    if Path(path).suffix == ".safetensors":  # only released weights come as safetensors: ours are torch.save'd
+        return _to_eval(*_load_released(path, which, config), device)
+    ckpt = load_torch_file(path)
+    if _is_released(ckpt):
+        model, cfg = _load_released(path, which, config)
+    else:
+        state, cfg = _student_and_config(ckpt, path, which)
+        cfg.model.pretrained = None  # the weights come from the file, not from ImageNet
+        model = build_model(cfg.model)
+        load_strict(model, state, f"checkpoint {path}")
+    return _to_eval(model, cfg, device)
+
+
+def _to_eval(model: nn.Module, cfg: Config, device: str | torch.device) -> tuple[nn.Module, Config]:
     return model.to(device).eval(), cfg
 
 
-def export_model(checkpoint: str | Path, out: str | Path, which: str = "student") -> Path:
-    state, cfg = _student_and_config(checkpoint, which)
-    model, _ = load_inference_model(checkpoint, "cpu", which)  # validates the weights against the architecture
+def export_model(checkpoint: str | Path, out: str | Path, which: str = "student",
+                 config: Config | None = None) -> Path:
+    """Inference-only file (student weights, config, class names/colours), written atomically."""
+    model, cfg = load_inference_model(checkpoint, "cpu", which, config)  # validates the weights
     atomic_torch_save({"format": MODEL_FORMAT, "config": to_dict(cfg), "state_dict": model.state_dict(),
                        "classes": class_names(cfg.model.num_classes),
                        "palette": [list(c) for c in CITYSCAPES_PALETTE][: cfg.model.num_classes],
