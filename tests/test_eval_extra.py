@@ -222,3 +222,42 @@ def test_released_checkpoint_evaluates_and_exports_with_a_config(tmp_path):
     exported, _ = load_inference_model(tmp_path / "m.pth")
     with torch.no_grad():
         torch.testing.assert_close(exported.predict(x), src.predict(x))
+
+
+def test_absent_classes_match_the_official_evaluator(tmp_path):
+    """Classes absent from GT and prediction are NaN and skipped; a class predicted only scores 0: as official."""
+    import copy
+
+    import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as cs
+
+    from mfmseg.data.labels import CITYSCAPES_ID_TO_TRAIN_ID, SYNTHIA_13_CLASSES, SYNTHIA_16_CLASSES
+
+    rng = np.random.default_rng(3)
+    cm, preds, gts = ConfusionMatrix(19), [], []
+    for i in range(2):
+        gt = rng.choice(np.array([7, 8, 26, 0, 3], np.uint8), size=(40, 60))  # road, sidewalk, car + void ids
+        gt_train = np.vectorize(lambda v: CITYSCAPES_ID_TO_TRAIN_ID.get(int(v), 255))(gt)
+        pred_train = np.where(rng.random((40, 60)) < 0.7, gt_train, rng.choice([0, 1, 2, 13], size=(40, 60)))
+        pred_train[gt_train == 255] = 5  # pole, predicted on void pixels only, must stay NaN (not 0)
+        pred_train = np.where(pred_train == 255, 0, pred_train)
+        gt_path, pred_path = tmp_path / f"c_000000_{i:06d}_gtFine_labelIds.png", tmp_path / f"p{i}.png"
+        Image.fromarray(gt).save(gt_path)
+        Image.fromarray(TRAIN_ID_TO_CITYSCAPES_ID[pred_train].astype(np.uint8)).save(pred_path)
+        preds.append(str(pred_path))
+        gts.append(str(gt_path))
+        cm.update(torch.from_numpy(pred_train), torch.from_numpy(gt_train))
+    args = copy.copy(cs.args)
+    args.evalInstLevelScore, args.quiet, args.JSONOutput = False, True, False
+    args.exportFile, args.avgClassSize = str(tmp_path / "cs.json"), {}
+    official = cs.evaluateImgLists(preds, gts, args)
+    ours = summarize(cm, list(CITYSCAPES_CLASSES))
+    nan_classes = [n for n, v in ours["per_class_iou"].items() if math.isnan(v)]
+    assert len(nan_classes) == 19 - 4 and "pole" in nan_classes and ours["per_class_iou"]["building"] == 0
+    for name, iou in ours["per_class_iou"].items():
+        ref = official["classScores"][name]
+        assert (math.isnan(iou) and math.isnan(ref)) or abs(iou / 100 - ref) < 1e-6, name
+    assert abs(ours["mIoU"] / 100 - official["averageScoreClasses"]) < 1e-6
+    for key, subset in (("mIoU16", SYNTHIA_16_CLASSES), ("mIoU13", SYNTHIA_13_CLASSES)):
+        ref = [official["classScores"][CITYSCAPES_CLASSES[c]] for c in subset]
+        ref = [v for v in ref if not math.isnan(v)]
+        assert abs(ours[key] / 100 - sum(ref) / len(ref)) < 1e-6
