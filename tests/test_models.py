@@ -120,6 +120,33 @@ def test_grad_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-5)
 
 
+def test_mit_levels_and_checkpointing_recomputes_blocks():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="daformer_mitb0", decoder_channels=32)).eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        ours = model.encode(x)
+        ref = model.encoder.model(pixel_values=x, output_hidden_states=True).hidden_states
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b)
+    calls = []
+    # a pre-hook: recomputation stops early, right after the last saved tensor, before any forward hook
+    model.encoder.model.stages[0].blocks[0].mlp.register_forward_pre_hook(lambda *_: calls.append(1))
+    model.train()
+    for m in model.modules():  # drop-path and dropout off: both runs must give the same gradients
+        if hasattr(m, "drop_prob"):
+            m.drop_prob = 0.0
+    model.decode_head.dropout.p = 0.0
+    model(x).sum().backward()
+    ref_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x).sum().backward()
+    assert len(calls) == 1 + 2  # plain run once; checkpointed run forward + recompute in backward
+    for a, p in zip(ref_grads, model.parameters()):
+        torch.testing.assert_close(a, p.grad, rtol=1e-4, atol=1e-5)
+
+
 def test_errors_are_one_line():
     with pytest.raises(UserError, match="did you mean 'daformer_mitb5'"):
         build_model(ModelConfig(name="daformer_mitb55"))

@@ -40,8 +40,16 @@ class MiT(nn.Module):
         self.model.load_state_dict(pretrained.state_dict())
 
     def set_grad_checkpointing(self, enabled: bool) -> None:
-        if enabled:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        """transformers' own per-block checkpointing (SegformerLayer is a GradientCheckpointingLayer); a test
+        checks that blocks really are recomputed in backward and that gradients are unchanged."""
+        kwargs = {"use_reentrant": False}
+        if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5 (the old name warns)
+            if enabled:
+                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                self.model.activation_checkpointing_disable()
+        elif enabled:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         else:
             self.model.gradient_checkpointing_disable()
 
