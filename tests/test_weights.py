@@ -139,6 +139,42 @@ def test_released_dacs_deeplabv2_checkpoint(tmp_path):
         load_released_checkpoint(tmp_path / "dacs.pth", "deeplabv2_r50")
 
 
+def test_released_deeplabv3plus_checkpoint(tmp_path):
+    """mmseg's DepthwiseSeparableASPPHead names, written by hand from ours (a narrow R18 model keeps it fast)."""
+    from mfmseg.models.heads.deeplabv3plus import DeepLabV3PlusHead
+    from mfmseg.models.resnet import ResNetV1c
+    from mfmseg.models.segmentor import Segmentor
+
+    def make():
+        enc = ResNetV1c(18, out_indices=(0, 3))
+        head = DeepLabV3PlusHead([64, 512], 5, channels=32, c1_channels=8)
+        return Segmentor(enc, head, num_classes=5, feature_channels=[64, 512], feature_strides=[4, 8],
+                         size_multiple=8)
+
+    def to_mmseg(key):
+        key = re.sub(r"^aspp\.branches\.", "aspp_modules.", key)
+        key = re.sub(r"^aspp\.bottleneck\.", "bottleneck.", key)
+        key = re.sub(r"\.(\d)\.0\.(\d)\.", lambda m: f".{m[1]}.depthwise_conv.{m[2]}.", key) if re.match(
+            r"^(aspp_modules\.[1-9]|sep_bottleneck)", key) else key
+        key = re.sub(r"\.(\d)\.1\.(\d)\.", lambda m: f".{m[1]}.pointwise_conv.{m[2]}.", key) if re.match(
+            r"^(aspp_modules\.[1-9]|sep_bottleneck)", key) else key
+        key = re.sub(r"\.0\.(weight|bias)$", r".conv.\1", key)
+        return re.sub(r"\.1\.(weight|bias|running_mean|running_var|num_batches_tracked)$", r".bn.\1", key)
+
+    src = make()
+    head = {to_mmseg(k): v for k, v in src.decode_head.state_dict().items()}
+    for key in ["image_pool.1.conv.weight", "aspp_modules.0.bn.running_var", "bottleneck.conv.weight",
+                "aspp_modules.1.depthwise_conv.conv.weight", "aspp_modules.3.pointwise_conv.bn.bias",
+                "c1_bottleneck.conv.weight", "sep_bottleneck.1.depthwise_conv.bn.weight", "conv_seg.bias"]:
+        assert key in head, key
+    sd = {**{f"model.backbone.{k}": v for k, v in src.encoder.state_dict().items()},
+          **{f"model.decode_head.{k}": v for k, v in head.items()}}
+    torch.save({"state_dict": sd}, tmp_path / "dlv3p.pth")
+    dst = make()
+    load_released_checkpoint(tmp_path / "dlv3p.pth", dst)
+    _outputs_equal(src, dst)
+
+
 def test_hf_folder_and_safetensors_imagenet_weights(tmp_path):
     src = build_model(ModelConfig(name="daformer_mitb0"))
     src.encoder.model.save_pretrained(tmp_path / "mit-b0")

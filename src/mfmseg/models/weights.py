@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from mfmseg.errors import UserError
+from mfmseg.models.heads.deeplabv3plus import DeepLabV3PlusHead
 from mfmseg.models.mit import MiT
 from mfmseg.models.resnet import ResNetV1c
 
@@ -142,6 +143,25 @@ def dlv2_head_from_mmseg(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     return {re.sub(r"^aspp_modules\.(\d+)\.conv\.", r"aspp.\1.", k): v for k, v in sd.items()}
 
 
+def _mmcv_conv_module(key: str) -> str:
+    """mmcv ConvModule (`conv`, `bn`) / DepthwiseSeparableConvModule (`depthwise_conv`, `pointwise_conv`) names ->
+    our nn.Sequential indices (conv 0, bn 1; depthwise 0, pointwise 1)."""
+    key = key.replace(".depthwise_conv.", ".0.").replace(".pointwise_conv.", ".1.")
+    key = re.sub(r"\.conv\.(weight|bias)$", r".0.\1", key)
+    return re.sub(r"\.bn\.(weight|bias|running_mean|running_var|num_batches_tracked)$", r".1.\1", key)
+
+
+def dlv3plus_head_from_mmseg(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """mmseg `DepthwiseSeparableASPPHead` keys (image_pool.1, aspp_modules, bottleneck, c1_bottleneck,
+    sep_bottleneck, conv_seg) -> ours (the ASPP branches and bottleneck live in `aspp`)."""
+    out = {}
+    for key, value in sd.items():
+        key = re.sub(r"^aspp_modules\.", "aspp.branches.", key)
+        key = re.sub(r"^bottleneck\.", "aspp.bottleneck.", key)
+        out[_mmcv_conv_module(key)] = value
+    return out
+
+
 def _released_head(head: dict[str, Tensor]) -> dict[str, Tensor]:
     """HRDA/MIC wrap the DAFormer head as `head.*` next to a `scale_attention.*` head that our single-scale
     Segmentor has no place for: keep the segmentation head, drop the attention (single-scale inference)."""
@@ -152,7 +172,7 @@ def _released_head(head: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def load_released_checkpoint(path: str | Path, model: str | nn.Module, which: str = "model",
                              num_classes: int | None = None) -> nn.Module:
-    """A released DAFormer/HRDA/MIC/DACS checkpoint (mmseg 0.16 `state_dict` with `model.*`, `ema_model.*`,
+    """A released DAFormer/HRDA/MIC/DACS (DeepLab-V2 or V3+) checkpoint (mmseg 0.16 `state_dict` with `model.*`, `ema_model.*`,
     `imnet_model.*`) into a Segmentor: `model` is one (filled in place) or a zoo name (built, with `num_classes`
     or the class count the checkpoint's classifier has). Returns the filled Segmentor."""
     if which not in ("model", "ema_model", "imnet_model"):
@@ -171,7 +191,8 @@ def load_released_checkpoint(path: str | Path, model: str | nn.Module, which: st
         backbone, head = mit_mmseg_to_hf(backbone), daformer_head_from_mmseg(head)
         load_strict(model.encoder.model, backbone, f"{path} ({which}.backbone)")
     else:
-        head = dlv2_head_from_mmseg(head)
+        is_v3plus = isinstance(model.decode_head, DeepLabV3PlusHead)
+        head = dlv3plus_head_from_mmseg(head) if is_v3plus else dlv2_head_from_mmseg(head)
         load_strict(model.encoder, backbone, f"{path} ({which}.backbone)")
     load_strict(model.decode_head, head, f"{path} ({which}.decode_head)")
     return model
