@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
 import torch
 
@@ -22,7 +25,11 @@ from mfmseg.models.segmentor import Segmentor
 class ModelSpec:
     encoder: str  # "resnet101" | "mit_b5" | ...
     head: str  # "deeplabv2" | "deeplabv3plus" | "daformer" | "segformer"
-    head_kwargs: dict = field(default_factory=dict)
+    head_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # read-only view: MODELS is module-level, so no caller may change a spec for everyone else
+        object.__setattr__(self, "head_kwargs", MappingProxyType(dict(self.head_kwargs)))
 
 
 MODELS: dict[str, ModelSpec] = {
