@@ -21,6 +21,7 @@ def _run(preset, overrides, stop_after=None):
     return train(load_config(preset, overrides), stop_after=stop_after)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", list(METHODS))
 def test_train_writes_summary_metrics_panels_and_checkpoint(method, tmp_path, tiny_overrides):
     wd = tmp_path / method
@@ -44,6 +45,7 @@ def test_train_writes_summary_metrics_panels_and_checkpoint(method, tmp_path, ti
     assert (ckpt["teacher"] is None) == (method == "source_only")
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics_and_resume_equals_uninterrupted(tmp_path, tiny_overrides):
     extra = ["uda.mfm.enabled=true", "train.panel_interval=0"]
     a = _run("synthetic_dacs", tiny_overrides(tmp_path / "a", *extra))

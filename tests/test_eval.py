@@ -120,6 +120,7 @@ def test_export_drops_the_rebuilder_and_has_the_baseline_parameter_count(trained
         torch.testing.assert_close(a(x), b(x))
 
 
+@pytest.mark.slow
 def test_cli_evaluate_predict_and_errors(trained, tiny_benchmark, tmp_path):
     run = [sys.executable, "-m", "mfmseg"]
     subprocess.run(run + ["evaluate", str(trained), "--json", str(tmp_path / "e.json"), "--device", "cpu"],
