@@ -33,6 +33,7 @@ COMBOS = {
     "dacs+mfm_target": {"loss_src", "loss_mix", "loss_mfm", "pseudo_q"},
     "dacs+mfm_source": {"loss_src", "loss_mix", "loss_mfm_src", "pseudo_q"},
     "dacs+mfm_both": {"loss_src", "loss_mix", "loss_mfm", "loss_mfm_src", "pseudo_q"},
+    "dacs+mfm_mixed": {"loss_src", "loss_mix", "loss_mfm", "pseudo_q"},
 }
 
 
@@ -107,6 +108,16 @@ def test_visuals_are_cpu_tensors_of_image_size():
     for name, v in visuals.items():
         assert v.device.type == "cpu" and v.shape[0] == 2 and tuple(v.shape[-2:]) == (64, 64), name
     assert set(visuals["mfm_mask"].unique().tolist()) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("domain,passes", [("target", 3), ("mixed", 2)])
+def test_mfm_on_the_mixed_image_shares_the_mixed_encoder_pass(domain, passes, monkeypatch):
+    """The paper's MFM needs its own student encoder pass on the target; domain=mixed reuses the ClassMix one."""
+    calls = []
+    original = TinySegmentor.encode
+    monkeypatch.setattr(TinySegmentor, "encode", lambda self, x: calls.append(self) or original(self, x))
+    step, _ = _run(f"dacs+mfm_{domain}")
+    assert sum(c is step.student for c in calls) == passes
 
 
 def test_visuals_do_not_change_training():

@@ -62,6 +62,7 @@ class UDAStep:
         domain = cfg.mfm.domain if cfg.mfm.enabled else "none"
         self.mfm_on_source = domain in ("source", "both")
         self.mfm_on_target = domain in ("target", "both") and self.self_training
+        self.mfm_on_mixed = domain == "mixed" and self.self_training
 
     # ---- plumbing -------------------------------------------------------------------------------------------
     def rebuilder_parameters(self) -> Iterator[nn.Parameter]:
@@ -149,10 +150,16 @@ class UDAStep:
             mixed_label = mix(mask, src_label, labels)
             mixed_weight = mix(mask, torch.ones_like(weight), weight)
         with self._autocast(run):
-            logits = self.student.decode(self.student.encode(mixed_img))
-        self._backward({"loss_mix": weighted_ce(logits, mixed_label, mixed_weight)}, run)
+            feats = self.student.encode(mixed_img)
+            named = {"loss_mix": weighted_ce(self.student.decode(feats), mixed_label, mixed_weight)}
+            if self.mfm_on_mixed:  # one encoder pass, one backward for both terms
+                out = mfm_loss(self.student, self.rebuilder, feats, mixed_label, mixed_weight, run.generator)
+                named["loss_mfm"] = self.cfg.mfm.weight * out.loss
+        self._backward(named, run)
         if run.visuals is not None:
             run.visuals.update(mixed_img=mixed_img, mixed_label=mixed_label)
+            if self.mfm_on_mixed:
+                run.visuals.update(_mfm_visuals(out.token_mask, out.logits, mixed_img.shape[-2:]))
 
     def _mic_loss(self, tgt_img: Tensor, labels: Tensor, weight: Tensor, run: "_Iteration") -> None:
         """MIC: the target image, colour-augmented on its own draws, with blocks zeroed; same pseudo-labels."""
