@@ -57,6 +57,12 @@ class TinySegmentor(nn.Module):
     def forward(self, x):
         return self.decode(self.encode(x))
 
+    def encode_context(self, x):
+        return self.encode(x)
+
+    def encoder_input_size(self, crop_hw):
+        return tuple(crop_hw)
+
     def predict(self, x):
         return F.interpolate(self.forward(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
 

@@ -25,11 +25,24 @@ CITYSCAPES_THING_CLASSES = [6, 7, 11, 12, 13, 14, 15, 16, 17, 18]
 
 
 @dataclass
+class HRDAConfig:
+    """HRDA multi-resolution training (METHOD.md §3): the data crop is the full-scale training input; the encoder
+    sees it at 0.5 (context) and a random `hr_crop` window of it at full scale (detail)."""
+    enabled: bool = False
+    hr_crop: List[int] = field(default_factory=lambda: [512, 512])  # [H, W] of the detail window
+    attention_embed_dim: int = 256  # width of the scale-attention head
+    hr_loss_weight: float = 0.1  # loss = (1 - w)·CE(fused) + w·CE(detail on its window)
+    detail_stride: List[int] = field(default_factory=lambda: [256, 256])  # [H, W] of the inference detail windows
+    crop_divisible: int = 8  # detail-window corners are multiples of this (2 × output stride 4: exact fusion)
+
+
+@dataclass
 class ModelConfig:
     name: str = "daformer_mitb5"  # a zoo name: `mfmseg models` lists them
     num_classes: int = 19
     pretrained: Optional[str] = None  # ImageNet init: a .pth/.safetensors file, a HF folder or hub id; None = random
     decoder_channels: Optional[int] = None  # override the head width (small CPU presets); None = the paper's
+    hrda: HRDAConfig = field(default_factory=HRDAConfig)
 
 
 @dataclass
@@ -305,6 +318,33 @@ def validate(config: Config) -> None:
             raise UserError(f"data.{name}.resize and data.{name}.crop must be [W, H] and [H, W] pairs")
     if config.train.max_iters < 0 or config.data.batch_size < 1:
         raise UserError("train.max_iters must be >= 0 and data.batch_size >= 1")
+    if config.model.hrda.enabled:
+        _validate_hrda(config)
+
+
+def _validate_hrda(config: Config) -> None:
+    """The detail window must fit the crop and align with the context output grid (checked before any training)."""
+    h = config.model.hrda
+    if len(h.hr_crop) != 2 or len(h.detail_stride) != 2:
+        raise UserError("model.hrda.hr_crop and model.hrda.detail_stride must be [H, W] pairs")
+    if h.crop_divisible < 8 or h.crop_divisible % 8:
+        raise UserError(f"model.hrda.crop_divisible={h.crop_divisible} must be a multiple of 8 (2 × the head's "
+                        f"output stride 4), or the detail window does not align with the context prediction")
+    if min(h.hr_crop) < 1 or any(c % h.crop_divisible for c in h.hr_crop):
+        raise UserError(f"model.hrda.hr_crop={list(h.hr_crop)} must be positive multiples of "
+                        f"model.hrda.crop_divisible={h.crop_divisible}")
+    if any(s < 1 or s > c or s % h.crop_divisible for s, c in zip(h.detail_stride, h.hr_crop)):
+        raise UserError(f"model.hrda.detail_stride={list(h.detail_stride)} must be multiples of "
+                        f"{h.crop_divisible} in [1, hr_crop={list(h.hr_crop)}] (windows must overlap or touch)")
+    if not 0.0 <= h.hr_loss_weight < 1.0:
+        raise UserError(f"model.hrda.hr_loss_weight={h.hr_loss_weight} must be in [0, 1)")
+    if h.attention_embed_dim < 1:
+        raise UserError(f"model.hrda.attention_embed_dim={h.attention_embed_dim} must be positive")
+    for name in ("source", "target"):
+        crop = getattr(config.data, name).crop
+        if any(c < hc for c, hc in zip(crop, h.hr_crop)) or any(c % 2 for c in crop):
+            raise UserError(f"data.{name}.crop={list(crop)} must be even and at least model.hrda.hr_crop="
+                            f"{list(h.hr_crop)}: HRDA crops its detail window out of the training crop")
 
 
 def list_presets() -> list[str]:

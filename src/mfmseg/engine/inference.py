@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mfmseg.models.hrda import window_starts
+
 
 def _pad_to_multiple(img: Tensor, multiple: int) -> tuple[Tensor, tuple[int, int]]:
     h, w = img.shape[-2:]
@@ -27,13 +29,7 @@ def slide_inference(model: nn.Module, img: Tensor, out_size: tuple[int, int], wi
     """Overlapping windows (batched), logits averaged where windows overlap, then upsampled to `out_size`."""
     b, _, h, w = img.shape
     wh, ww = min(window[0], h), min(window[1], w)
-    ys = list(range(0, max(h - wh, 0) + 1, stride[0]))
-    xs = list(range(0, max(w - ww, 0) + 1, stride[1]))
-    if ys[-1] + wh < h:
-        ys.append(h - wh)
-    if xs[-1] + ww < w:
-        xs.append(w - ww)
-    boxes = [(y, x) for y in ys for x in xs]
+    boxes = [(y, x) for y in window_starts(h, wh, stride[0]) for x in window_starts(w, ww, stride[1])]
     logits = count = None
     for i in range(0, len(boxes), batch_size):
         chunk = boxes[i:i + batch_size]

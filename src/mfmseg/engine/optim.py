@@ -1,6 +1,6 @@
 """Optimiser parameter groups and the warm-up + poly learning-rate schedule of the DAFormer family.
 
-Groups (METHOD.md §3): encoder at the base lr; decode head at `head_lr_mult` × base; LayerNorm parameters without
+Groups (METHOD.md §3): encoder at the base lr; decode head (and HRDA's scale attention) at `head_lr_mult` × base; LayerNorm parameters without
 weight decay (the reference's `norm` custom key matches exactly MiT's LayerNorms: BatchNorms are named `bn` there
 and keep their decay); the Rebuilder in a group of its own at `uda.mfm.lr`, so it never inherits the head's 10×.
 """
@@ -15,15 +15,16 @@ from torch import nn
 from mfmseg.config import OptimConfig
 
 
-def _split_no_decay(module: nn.Module, norm_no_decay: bool) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(decayed, not decayed) trainable parameters of `module`."""
+def _split_no_decay(modules: list[nn.Module], norm_no_decay: bool
+                    ) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(decayed, not decayed) trainable parameters of `modules`."""
     no_decay_ids: set[int] = set()
     if norm_no_decay:
-        for m in module.modules():
+        for m in (sub for module in modules for sub in module.modules()):
             if isinstance(m, (nn.LayerNorm, nn.GroupNorm)) or type(m).__name__ == "LayerNorm2d":
                 no_decay_ids.update(id(p) for p in m.parameters(recurse=False))
     decay, no_decay = [], []
-    for p in module.parameters():
+    for p in (p for module in modules for p in module.parameters()):
         if p.requires_grad:
             (no_decay if id(p) in no_decay_ids else decay).append(p)
     return decay, no_decay
@@ -33,14 +34,16 @@ def param_groups(student: nn.Module, cfg: OptimConfig, rebuilder: nn.Module | No
                  rebuilder_lr: float | None = None) -> list[dict]:
     """Named groups: each carries `name` and its own `lr` so that tests and logs can see what got what."""
     groups = []
-    parts: list[tuple[str, nn.Module, float]] = [
-        ("encoder", student.encoder, cfg.lr),
-        ("decode_head", student.decode_head, cfg.lr * cfg.head_lr_mult),
+    # every head (the decode head; HRDA's scale attention too, as the reference's `head` lr key matches it) ×10
+    heads = [module for name, module in student.named_children() if name != "encoder"]
+    parts: list[tuple[str, list[nn.Module], float]] = [
+        ("encoder", [student.encoder], cfg.lr),
+        ("decode_head", heads, cfg.lr * cfg.head_lr_mult),
     ]
     if rebuilder is not None:
-        parts.append(("rebuilder", rebuilder, rebuilder_lr if rebuilder_lr is not None else cfg.lr))
-    for name, module, lr in parts:
-        decay, no_decay = _split_no_decay(module, cfg.norm_no_decay)
+        parts.append(("rebuilder", [rebuilder], rebuilder_lr if rebuilder_lr is not None else cfg.lr))
+    for name, modules, lr in parts:
+        decay, no_decay = _split_no_decay(modules, cfg.norm_no_decay)
         if decay:
             groups.append({"name": name, "params": decay, "lr": lr, "weight_decay": cfg.weight_decay})
         if no_decay:

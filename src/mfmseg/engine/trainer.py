@@ -105,8 +105,8 @@ class Trainer:
         if cfg.train.grad_checkpointing:
             self.student.set_grad_checkpointing(True)
         if cfg.train.compile:  # in place: parameter names (checkpoints, export) stay those of the plain model
-            self.student.encoder.compile()
-            self.student.decode_head.compile()
+            for part in self.student.children():  # encoder, decode_head (and HRDA's scale_attention)
+                part.compile()
         if cfg.train.sync_bn:
             if not (self.ctx.enabled and self.device.type == "cuda"):
                 raise UserError("train.sync_bn=true needs a multi-GPU run (torchrun on CUDA devices)")

@@ -2,6 +2,7 @@
 
 `encode` returns exactly the feature levels the head reads; `decode` accepts any list of that shape, which is how
 MFM classifies *rebuilt* features with the same decoder, and how FD compares encoder features.
+`models.hrda.HRDASegmentor` keeps this contract with multi-resolution training features.
 """
 
 from __future__ import annotations
@@ -45,7 +46,16 @@ class Segmentor(nn.Module):
         return self.decode_head(list(feats), return_feature=return_feature)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Inference logits at output stride (what teachers and predictions use; HRDA's differs from training)."""
         return self.decode(self.encode(x))
+
+    def encode_context(self, x: Tensor) -> list[Tensor]:
+        """The single-scale features that the ImageNet feature distance compares: here all of `encode`."""
+        return self.encode(x)
+
+    def encoder_input_size(self, crop_hw) -> tuple[int, int]:
+        """The size the encoder sees for a training crop (HRDA halves it): sizes the MFM Rebuilder."""
+        return int(crop_hw[0]), int(crop_hw[1])
 
     def predict(self, x: Tensor) -> Tensor:
         """Logits at the input's size (bilinear, align_corners=False)."""

@@ -5,7 +5,8 @@
   renamed to the `transformers` layout (`stages.0.patch_embeddings.proj`, `...attention.q_proj`/`k_proj`/`v_proj`);
   a HF folder or Hub id goes through `from_pretrained`.
 - Released DAFormer/HRDA/MIC checkpoints (mmseg 0.16: `state_dict` with `model.backbone.*`, `model.decode_head.*`,
-  `ema_model.*`, `imnet_model.*`) become a Segmentor state dict.
+  `ema_model.*`, `imnet_model.*`) become a Segmentor state dict; HRDA/MIC's `decode_head.scale_attention.*`
+  fills an HRDASegmentor's `scale_attention` (a single-scale Segmentor ignores it).
 Files are read with `weights_only=True` (or safetensors): nothing is unpickled.
 """
 
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 
 from mfmseg.errors import UserError
 from mfmseg.models.heads.deeplabv3plus import DeepLabV3PlusHead
+from mfmseg.models.hrda import HRDASegmentor
 from mfmseg.models.mit import MiT
 from mfmseg.models.resnet import ResNetV1c
 
@@ -162,12 +164,19 @@ def dlv3plus_head_from_mmseg(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def _released_head(head: dict[str, Tensor]) -> dict[str, Tensor]:
-    """HRDA/MIC wrap the DAFormer head as `head.*` next to a `scale_attention.*` head that our single-scale
-    Segmentor has no place for: keep the segmentation head, drop the attention (single-scale inference)."""
+def _released_head(head: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
+    """(segmentation head, scale attention or None): HRDA/MIC wrap the DAFormer head as `head.*` next to a
+    `scale_attention.*` head; DAFormer/DACS files have the segmentation head alone."""
     if any(k.startswith("head.") for k in head):
-        return {k[len("head."):]: v for k, v in head.items() if k.startswith("head.")}
-    return head
+        attention = {k[len("scale_attention."):]: v for k, v in head.items() if k.startswith("scale_attention.")}
+        return {k[len("head."):]: v for k, v in head.items() if k.startswith("head.")}, attention
+    return head, None
+
+
+def scale_attention_from_mmseg(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """HRDA's attention head (a DAFormer head with a `conv` fusion: mmcv ConvModule `fuse_layer.conv/bn`) -> ours."""
+    return {_mmcv_conv_module(re.sub(r"^embed_layers\.(\d+)\.proj\.", r"embed_layers.\1.", k)): v
+            for k, v in sd.items()}
 
 
 def load_released_checkpoint(path: str | Path, model: str | nn.Module, which: str = "model",
@@ -184,7 +193,8 @@ def load_released_checkpoint(path: str | Path, model: str | nn.Module, which: st
         raise UserError(f"{path} has no '{which}.*' keys (found e.g. {list(sd)[:3]}): not a released "
                         f"DAFormer/HRDA/MIC checkpoint?")
     backbone = {k[len("backbone."):]: v for k, v in part.items() if k.startswith("backbone.")}
-    head = _released_head({k[len("decode_head."):]: v for k, v in part.items() if k.startswith("decode_head.")})
+    head, attention = _released_head({k[len("decode_head."):]: v for k, v in part.items()
+                                      if k.startswith("decode_head.")})
     if isinstance(model, str):
         model = _build_for_released(model, head, num_classes)
     if isinstance(model.encoder, MiT):
@@ -195,6 +205,12 @@ def load_released_checkpoint(path: str | Path, model: str | nn.Module, which: st
         head = dlv3plus_head_from_mmseg(head) if is_v3plus else dlv2_head_from_mmseg(head)
         load_strict(model.encoder, backbone, f"{path} ({which}.backbone)")
     load_strict(model.decode_head, head, f"{path} ({which}.decode_head)")
+    if isinstance(model, HRDASegmentor):  # a single-scale model drops the attention (single-scale inference)
+        if not attention:
+            raise UserError(f"{path} has no '{which}.decode_head.scale_attention.*' weights: it is not an HRDA/MIC "
+                            f"checkpoint; load it into a model with model.hrda.enabled=false")
+        load_strict(model.scale_attention, scale_attention_from_mmseg(attention),
+                    f"{path} ({which}.decode_head.scale_attention)")
     return model
 
 

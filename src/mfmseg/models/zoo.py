@@ -10,12 +10,13 @@ from typing import Any
 
 import torch
 
-from mfmseg.config import ModelConfig
+from mfmseg.config import HRDAConfig, ModelConfig
 from mfmseg.errors import UserError
 from mfmseg.models.heads.daformer import DAFormerHead
 from mfmseg.models.heads.deeplabv2 import DeepLabV2Head
 from mfmseg.models.heads.deeplabv3plus import DeepLabV3PlusHead
 from mfmseg.models.heads.segformer import SegFormerHead
+from mfmseg.models.hrda import HRDASegmentor
 from mfmseg.models.mit import MiT
 from mfmseg.models.resnet import ResNetV1c
 from mfmseg.models.segmentor import Segmentor
@@ -80,6 +81,11 @@ def build_model(cfg: ModelConfig) -> Segmentor:
         head = SegFormerHead(channels, cfg.num_classes, **kwargs)
     model = Segmentor(encoder, head, num_classes=cfg.num_classes, feature_channels=channels,
                       feature_strides=strides, size_multiple=multiple)
+    if cfg.hrda.enabled:
+        h = cfg.hrda
+        model = HRDASegmentor(model, hr_crop=h.hr_crop, attention_embed_dim=h.attention_embed_dim,
+                              hr_loss_weight=h.hr_loss_weight, detail_stride=h.detail_stride,
+                              crop_divisible=h.crop_divisible)
     if cfg.pretrained:
         from mfmseg.models.weights import load_pretrained
 
@@ -92,11 +98,15 @@ def count_params(module: torch.nn.Module) -> int:
 
 
 def describe_models(num_classes: int = 19) -> list[dict]:
-    """Name, encoder, head and exact parameter count of every zoo model (built on the meta device: no memory)."""
+    """Name, encoder, head and exact parameter count of every zoo model (built on the meta device: no memory);
+    `hrda_params`: the count with HRDA's scale-attention head (`model.hrda.enabled=true`) for the DAFormer heads."""
     rows = []
     for name, spec in MODELS.items():
         with torch.device("meta"):
             model = build_model(ModelConfig(name=name, num_classes=num_classes))
+            hrda = (build_model(ModelConfig(name=name, num_classes=num_classes, hrda=HRDAConfig(enabled=True)))
+                    if spec.head == "daformer" else None)
         rows.append({"name": name, "encoder": spec.encoder, "head": spec.head, "params": count_params(model),
-                     "encoder_params": count_params(model.encoder), "head_params": count_params(model.decode_head)})
+                     "encoder_params": count_params(model.encoder), "head_params": count_params(model.decode_head),
+                     "hrda_params": count_params(hrda) if hrda is not None else None})
     return rows

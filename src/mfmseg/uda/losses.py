@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mfmseg.models.hrda import HRDALogits
+
 IGNORE_INDEX = 255
 
 
@@ -27,3 +29,18 @@ def weighted_ce(logits: Tensor, labels: Tensor, weight: Tensor | None = None) ->
     if weight is not None:
         per_pixel = per_pixel * weight.float()
     return per_pixel.mean()
+
+
+def segmentation_loss(output: Tensor | HRDALogits, labels: Tensor, weight: Tensor | None = None) -> Tensor:
+    """The supervised loss of a segmentor's training output (`decode(encode(x))`) against labels at x's size.
+
+    Plain logits: `weighted_ce`. HRDA: (1 − w)·CE(fused) + w·CE(detail, labels and weight cropped to the detail
+    window), w = `output.detail_weight` (0.1), both with the same reduction as `weighted_ce`.
+    """
+    if not isinstance(output, HRDALogits):
+        return weighted_ce(output, labels, weight)
+    y1, y2, x1, x2 = output.box
+    crop_weight = weight[:, y1:y2, x1:x2] if weight is not None else None
+    w = output.detail_weight
+    fused = weighted_ce(output.fused, labels, weight)
+    return (1 - w) * fused + w * weighted_ce(output.detail, labels[:, y1:y2, x1:x2], crop_weight)

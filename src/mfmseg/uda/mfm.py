@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mfmseg.config import MFMConfig
-from mfmseg.uda.losses import weighted_ce
+from mfmseg.models.hrda import MultiResFeatures
+from mfmseg.uda.losses import segmentation_loss
 
 PROJECTOR_CHANNELS = (256, 128)  # first transposed-conv stage -> 256, every later stage -> 128 (official sizes)
 
@@ -190,12 +191,23 @@ class MFMOutput(NamedTuple):
     logits: Tensor  # decoder logits on the rebuilt features, at output stride
 
 
-def mfm_loss(segmentor: nn.Module, rebuilder: Rebuilder, feats: Sequence[Tensor], labels: Tensor,
-             weight: Tensor | None, generator: torch.Generator | None = None) -> MFMOutput:
-    """Weighted CE of decode(rebuilt features), upsampled to the label size, ignore 255."""
+def mfm_loss(segmentor: nn.Module, rebuilder: Rebuilder, feats: Sequence[Tensor] | MultiResFeatures,
+             labels: Tensor, weight: Tensor | None, generator: torch.Generator | None = None) -> MFMOutput:
+    """The segmentor's own loss (`segmentation_loss`: weighted CE upsampled to the label size, ignore 255) of
+    decode(rebuilt features).
+
+    HRDA (our reading; the paper does not say): the context and the detail feature lists are rebuilt with
+    independent token masks by the same Rebuilder, decoded through the HRDA head (fusion, detail window) and
+    scored with the HRDA loss. The returned token mask and logits are the context's mask and the fused logits.
+    """
+    if isinstance(feats, MultiResFeatures):
+        context, token_mask = rebuilder(feats.context, generator=generator)
+        detail, _ = rebuilder(feats.detail, generator=generator)
+        out = segmentor.decode(feats._replace(context=context, detail=detail))
+        return MFMOutput(segmentation_loss(out, labels, weight), token_mask, out.fused)
     rebuilt, token_mask = rebuilder(feats, generator=generator)
     logits = segmentor.decode(rebuilt)
-    return MFMOutput(weighted_ce(logits, labels, weight), token_mask, logits)
+    return MFMOutput(segmentation_loss(logits, labels, weight), token_mask, logits)
 
 
 __all__ = ["Rebuilder", "LayerNorm2d", "mfm_loss", "MFMOutput", "sincos_pos_embed_2d", "build_projector",

@@ -4,6 +4,10 @@ Each loss is followed by its own backward pass so that only one autograd graph i
 owns `zero_grad`, gradient averaging and `optimizer.step`. The teacher, the frozen ImageNet model and the
 Rebuilder live here, never inside the student: the teacher and the ImageNet copy are deep copies of a student
 that does not contain the Rebuilder, and export only ever sees the student.
+
+The student is a plain `Segmentor` or an `HRDASegmentor`; the step uses only their shared contract: `encode` /
+`decode` for training outputs (scored by `losses.segmentation_loss`), `forward` for inference (the teacher's
+pseudo-labels, panels) and `encode_context` / `context_features` for the feature distance.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from mfmseg.config import UDAConfig
 from mfmseg.errors import UserError
 from mfmseg.uda.ema import ema_update, make_teacher, set_teacher_mode
 from mfmseg.uda.fd import feature_distance
-from mfmseg.uda.losses import resize_logits, weighted_ce
+from mfmseg.models.hrda import context_features
+from mfmseg.uda.losses import resize_logits, segmentation_loss
 from mfmseg.uda.mfm import Rebuilder, mfm_loss
 from mfmseg.uda.mic import mask_image
 from mfmseg.uda.mixing import class_mix_masks, mix, strong_augment
@@ -57,8 +62,10 @@ class UDAStep:
         self.teacher: nn.Module | None = make_teacher(student).to(self.device) if self.self_training else None
         self.imnet: nn.Module | None = (make_frozen_copy(student).to(self.device)
                                         if self.self_training and cfg.fd.enabled else None)
-        self.rebuilder: Rebuilder | None = (Rebuilder.for_segmentor(student, crop_hw, cfg.mfm).to(self.device)
-                                            if cfg.mfm.enabled else None)
+        # sized for what the encoder sees: HRDA's context and detail inputs are 512² windows of a 1024² crop
+        self.rebuilder: Rebuilder | None = (
+            Rebuilder.for_segmentor(student, student.encoder_input_size(crop_hw), cfg.mfm).to(self.device)
+            if cfg.mfm.enabled else None)
         domain = cfg.mfm.domain if cfg.mfm.enabled else "none"
         self.mfm_on_source = domain in ("source", "both")
         self.mfm_on_target = domain in ("target", "both") and self.self_training
@@ -114,11 +121,11 @@ class UDAStep:
         with self._autocast(run):
             feats = self.student.encode(img)
             logits = self.student.decode(feats)
-        named = {"loss_src": weighted_ce(logits, label)}
-        if self.imnet is not None:
+        named = {"loss_src": segmentation_loss(logits, label)}
+        if self.imnet is not None:  # HRDA: the context scale (the 0.5-resized image), as the reference does
             with torch.no_grad(), self._autocast(run):
-                imnet_feats = self.imnet.encode(img)
-            fd = feature_distance(feats[-1], imnet_feats[-1], label, self.cfg.fd.thing_classes,
+                imnet_feats = self.imnet.encode_context(img)
+            fd = feature_distance(context_features(feats)[-1], imnet_feats[-1], label, self.cfg.fd.thing_classes,
                                   self.cfg.fd.cell_ratio, self.student.num_classes)
             named["loss_fd"] = self.cfg.fd.weight * fd
         if self.mfm_on_source:
@@ -135,7 +142,7 @@ class UDAStep:
     def _pseudo_labels(self, tgt_img: Tensor, run: "_Iteration") -> tuple[Tensor, Tensor]:
         set_teacher_mode(self.teacher)
         with self._autocast(run):
-            logits = self.teacher.decode(self.teacher.encode(tgt_img))
+            logits = self.teacher(tgt_img)  # inference path: HRDA slides its detail windows over the crop
         logits = resize_logits(logits.float(), tuple(tgt_img.shape[-2:]))
         labels, weight = pseudo_label(logits, self.cfg.pseudo_threshold)
         run.losses["pseudo_q"] = float(weight.flatten()[0])  # read before the margins may zero every pixel
@@ -151,7 +158,7 @@ class UDAStep:
             mixed_weight = mix(mask, torch.ones_like(weight), weight)
         with self._autocast(run):
             feats = self.student.encode(mixed_img)
-            named = {"loss_mix": weighted_ce(self.student.decode(feats), mixed_label, mixed_weight)}
+            named = {"loss_mix": segmentation_loss(self.student.decode(feats), mixed_label, mixed_weight)}
             if self.mfm_on_mixed:  # one encoder pass, one backward for both terms
                 out = mfm_loss(self.student, self.rebuilder, feats, mixed_label, mixed_weight, run.generator)
                 named["loss_mfm"] = self.cfg.mfm.weight * out.loss
@@ -168,8 +175,8 @@ class UDAStep:
             augmented = strong_augment(tgt_img, self.cfg.mix, run.generator)
             masked = mask_image(augmented, mic.block_size, mic.mask_ratio, run.generator)
         with self._autocast(run):
-            logits = self.student.decode(self.student.encode(masked))
-        self._backward({"loss_mic": mic.weight * weighted_ce(logits, labels, weight)}, run)
+            output = self.student.decode(self.student.encode(masked))
+        self._backward({"loss_mic": mic.weight * segmentation_loss(output, labels, weight)}, run)
 
     def _mfm_target(self, tgt_img: Tensor, labels: Tensor, weight: Tensor, run: "_Iteration") -> None:
         """L_mfm on the un-augmented target crop against the teacher's pseudo-labels and weight."""
@@ -186,7 +193,7 @@ class UDAStep:
         was_training = self.student.training
         self.student.eval()
         try:
-            logits = self.student.decode(self.student.encode(img))
+            logits = self.student(img)
         finally:
             self.student.train(was_training)
         return resize_logits(logits.float(), tuple(img.shape[-2:])).argmax(1)
