@@ -14,7 +14,7 @@ from mfmseg.config import Config, HRDAConfig, ModelConfig, UDAConfig, load_confi
 from mfmseg.engine.export import export_model, load_inference_model
 from mfmseg.engine.optim import param_groups
 from mfmseg.errors import UserError
-from mfmseg.models.hrda import HRDALogits, HRDASegmentor, MultiResFeatures, window_starts
+from mfmseg.models.hrda import HRDALogits, HRDASegmentor, MultiResFeatures, draw_box, window_starts
 from mfmseg.models.weights import load_released_checkpoint
 from mfmseg.models.zoo import build_model
 from mfmseg.uda.losses import segmentation_loss
@@ -26,10 +26,9 @@ HR = [64, 64]
 TINY_HRDA = HRDAConfig(enabled=True, hr_crop=HR, attention_embed_dim=16, detail_stride=[32, 32])
 
 
-def tiny_hrda(seed: int = 0, num_classes: int = 19) -> HRDASegmentor:
+def tiny_hrda(seed: int = 0, hrda: HRDAConfig = TINY_HRDA) -> HRDASegmentor:
     torch.manual_seed(seed)
-    return build_model(ModelConfig(name="daformer_mitb0", num_classes=num_classes, decoder_channels=16,
-                                   hrda=TINY_HRDA))
+    return build_model(ModelConfig(name="daformer_mitb0", decoder_channels=16, hrda=hrda))
 
 
 def up2(t):
@@ -51,9 +50,7 @@ def test_training_features_and_logits_have_the_two_scales_and_an_aligned_box():
     out = model.decode(feats)
     assert isinstance(out, HRDALogits) and out.box == feats.box and out.detail_weight == 0.1
     assert out.fused.shape == (2, 19, 32, 32) and out.detail.shape == (2, 19, 16, 16)
-    boxes = set()
-    for _ in range(300):
-        boxes.add(model.encode(x[:1]).box)
+    boxes = {draw_box(128, 128, HR, 8) for _ in range(400)}
     corners = {b[0] for b in boxes} | {b[2] for b in boxes}
     assert corners == set(range(0, 65, 8))  # every aligned position, the last one (flush with the end) included
     assert all(0 <= b[0] and b[1] <= 128 and 0 <= b[2] and b[3] <= 128 for b in boxes)
@@ -153,14 +150,13 @@ def test_inference_on_a_detail_sized_input_equals_the_training_fusion_with_a_ful
 
 
 # ---- the UDA step ----------------------------------------------------------------------------------------------
-COMBOS = {
+COMBOS = {  # every ingredient at once (each adds a loss term checked below), plain DACS, MFM's mixed variant
     "dacs": {},
-    "dacs_fd": {"fd": {"enabled": True}},
-    "dacs_mic": {"mic": {"enabled": True, "block_size": 16}},
     "dacs_fd_mic_mfm": {"fd": {"enabled": True}, "mic": {"enabled": True, "block_size": 16},
                         "mfm": {"enabled": True}},
     "dacs_mfm_mixed": {"mfm": {"enabled": True, "domain": "mixed"}},
 }
+STEP_HRDA = HRDAConfig(enabled=True, hr_crop=[32, 32], attention_embed_dim=16, detail_stride=[16, 16])  # 64² crops
 
 
 def _uda_cfg(extra: dict) -> UDAConfig:
@@ -174,10 +170,10 @@ def _uda_cfg(extra: dict) -> UDAConfig:
 
 
 def _run_step(extra: dict, seed: int = 0):
-    student = tiny_hrda(seed)
-    step = UDAStep(student, _uda_cfg(extra), crop_hw=(128, 128), device="cpu")
-    batch = make_batch(seed, b=2, h=128, w=128)
-    batch["src_label"][:, 4:64, :64] = 13  # a thing class on a whole FD cell (64² px at the context's stride 32)
+    student = tiny_hrda(seed, STEP_HRDA)
+    step = UDAStep(student, _uda_cfg(extra), crop_hw=(64, 64), device="cpu")
+    batch = make_batch(seed, b=2, h=64, w=64)
+    batch["src_label"][:, 4:, :] = 13  # a thing class on the one FD cell (64² px at the context's stride 32)
     torch.manual_seed(seed)
     losses, _ = step.train_step(batch, 3)
     return student, step, losses
@@ -204,14 +200,13 @@ def test_uda_step_with_an_hrda_student_trains_every_part(combo):
     assert not any(n.startswith("rebuilder") for n, _ in student.named_parameters())
 
 
+@pytest.mark.slow
 def test_uda_step_with_hrda_is_deterministic_under_a_seed():
     extra = COMBOS["dacs_fd_mic_mfm"]
     (a, _, la), (b, _, lb) = _run_step(extra), _run_step(extra)
-    assert la == lb
+    assert la == lb and {"loss_fd", "loss_mic", "loss_mfm"} <= set(la)
     for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
         assert (pa.grad is None and pb.grad is None) or torch.equal(pa.grad, pb.grad), n
-    _, _, lc = _run_step(extra, seed=1)
-    assert lc != la
 
 
 def test_rebuilder_is_sized_for_the_encoder_input_and_scale_attention_gets_the_head_lr():

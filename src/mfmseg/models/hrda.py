@@ -156,8 +156,8 @@ class HRDASegmentor(Segmentor):
         crops = torch.cat([x[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes])
         logits = self.decode_head(self._encode(crops))
         s = self.output_stride
-        total = logits.new_zeros((b, logits.shape[1], h // s, w // s))
-        count = logits.new_zeros((1, 1, h // s, w // s))
+        total = logits.new_zeros((b, logits.shape[1], h // s, w // s), dtype=torch.float32)  # AMP: sum in fp32
+        count = logits.new_zeros((1, 1, h // s, w // s), dtype=torch.float32)
         for i, (y1, y2, x1, x2) in enumerate(boxes):
             total[:, :, y1 // s:y2 // s, x1 // s:x2 // s] += logits[i * b:(i + 1) * b]
             count[:, :, y1 // s:y2 // s, x1 // s:x2 // s] += 1
