@@ -23,9 +23,9 @@ from torch import Tensor, nn
 
 from mfmseg.config import UDAConfig
 from mfmseg.errors import UserError
+from mfmseg.models.hrda import context_features
 from mfmseg.uda.ema import ema_update, make_teacher, set_teacher_mode
 from mfmseg.uda.fd import feature_distance
-from mfmseg.models.hrda import context_features
 from mfmseg.uda.losses import resize_logits, segmentation_loss
 from mfmseg.uda.mfm import Rebuilder, mfm_loss
 from mfmseg.uda.mic import mask_image
