@@ -35,6 +35,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = write_benchmark(Path(tmp), num_source=args.images, num_target=args.images, num_val=0, size=(h, w))
         prepare_dataset("gta", root / "gta", nproc=2)
+        prepare_dataset("cityscapes", root / "cityscapes", nproc=2)
         for workers in args.workers:
             crop = [args.crop, args.crop]
             cfg = DataConfig(source=DatasetConfig(kind="gta", root=str(root / "gta"), resize=[1280, 720], crop=crop),
