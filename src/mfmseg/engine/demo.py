@@ -63,7 +63,7 @@ def verdict(results: dict[str, dict]) -> str:
     words = [f"Self-training (DACS) {'gained' if dacs > so else 'lost'} {abs(dacs - so):.1f} mIoU points over "
              f"source-only; MFM {'added' if mfm > dacs else 'lost'} {abs(mfm - dacs):.1f} points on top of DACS."]
     words.append("This is one seed of a short CPU run: differences of about a point are within seed noise "
-                 "(the README reports several seeds).")
+                 "(the README reports three seeds and the MFM settings tried).")
     return " ".join(words)
 
 
