@@ -233,7 +233,8 @@ def _attention_to_mmseg(sd):
 def _fake_released_hrda(path, src):
     sd = {}
     for which, scale in (("model", 1.0), ("ema_model", 0.0)):
-        sd.update({f"{which}.backbone.{k}": v * scale for k, v in _to_mmseg_mit(src.encoder.model.state_dict()).items()})
+        backbone = _to_mmseg_mit(src.encoder.model.state_dict())
+        sd.update({f"{which}.backbone.{k}": v * scale for k, v in backbone.items()})
         sd.update({f"{which}.decode_head.head.{k}": v for k, v in
                    _daformer_head_to_mmseg(src.decode_head.state_dict()).items()})
         sd.update({f"{which}.decode_head.scale_attention.{k}": v for k, v in

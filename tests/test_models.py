@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from mfmseg.config import ModelConfig
+from mfmseg.config import HRDAConfig, ModelConfig
 from mfmseg.errors import UserError
 from mfmseg.models.zoo import MODELS, build_model, describe_models
 
@@ -35,6 +35,9 @@ def test_param_counts_match_the_references(counts):
 def test_meta_count_equals_a_real_build(counts):
     model = build_model(ModelConfig(name="daformer_mitb0"))
     assert sum(p.numel() for p in model.parameters()) == counts["daformer_mitb0"]["params"]
+    hrda = build_model(ModelConfig(name="daformer_mitb0", hrda=HRDAConfig(enabled=True)))
+    assert sum(p.numel() for p in hrda.parameters()) == counts["daformer_mitb0"]["hrda_params"]
+    assert counts["deeplabv2_r101"]["hrda_params"] is None  # HRDA needs a DAFormer head
 
 
 @pytest.mark.parametrize("name", SMALL)

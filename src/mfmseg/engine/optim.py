@@ -1,8 +1,9 @@
 """Optimiser parameter groups and the warm-up + poly learning-rate schedule of the DAFormer family.
 
-Groups (METHOD.md §3): encoder at the base lr; decode head (and HRDA's scale attention) at `head_lr_mult` × base; LayerNorm parameters without
-weight decay (the reference's `norm` custom key matches exactly MiT's LayerNorms: BatchNorms are named `bn` there
-and keep their decay); the Rebuilder in a group of its own at `uda.mfm.lr`, so it never inherits the head's 10×.
+Groups (METHOD.md §3): encoder at the base lr; decode head (and HRDA's scale attention) at `head_lr_mult` × base;
+LayerNorm parameters without weight decay (the reference's `norm` custom key matches exactly MiT's LayerNorms:
+BatchNorms are named `bn` there and keep their decay); the Rebuilder in a group of its own at `uda.mfm.lr`, so it
+never inherits the head's 10×.
 """
 
 from __future__ import annotations

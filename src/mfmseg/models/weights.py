@@ -181,9 +181,9 @@ def scale_attention_from_mmseg(sd: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def load_released_checkpoint(path: str | Path, model: str | nn.Module, which: str = "model",
                              num_classes: int | None = None) -> nn.Module:
-    """A released DAFormer/HRDA/MIC/DACS (DeepLab-V2 or V3+) checkpoint (mmseg 0.16 `state_dict` with `model.*`, `ema_model.*`,
-    `imnet_model.*`) into a Segmentor: `model` is one (filled in place) or a zoo name (built, with `num_classes`
-    or the class count the checkpoint's classifier has). Returns the filled Segmentor."""
+    """A released DAFormer/HRDA/MIC/DACS (DeepLab-V2 or V3+) checkpoint (mmseg 0.16 `state_dict` with `model.*`,
+    `ema_model.*`, `imnet_model.*`) into a Segmentor: `model` is one (filled in place) or a zoo name (built, with
+    `num_classes` or the class count the checkpoint's classifier has). Returns the filled Segmentor."""
     if which not in ("model", "ema_model", "imnet_model"):
         raise UserError(f"which must be 'model' or 'ema_model', got '{which}'")
     sd = read_state_dict(path)

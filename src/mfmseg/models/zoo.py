@@ -16,7 +16,7 @@ from mfmseg.models.heads.daformer import DAFormerHead
 from mfmseg.models.heads.deeplabv2 import DeepLabV2Head
 from mfmseg.models.heads.deeplabv3plus import DeepLabV3PlusHead
 from mfmseg.models.heads.segformer import SegFormerHead
-from mfmseg.models.hrda import HRDASegmentor
+from mfmseg.models.hrda import HRDASegmentor, ScaleAttentionHead
 from mfmseg.models.mit import MiT
 from mfmseg.models.resnet import ResNetV1c
 from mfmseg.models.segmentor import Segmentor
@@ -104,9 +104,10 @@ def describe_models(num_classes: int = 19) -> list[dict]:
     for name, spec in MODELS.items():
         with torch.device("meta"):
             model = build_model(ModelConfig(name=name, num_classes=num_classes))
-            hrda = (build_model(ModelConfig(name=name, num_classes=num_classes, hrda=HRDAConfig(enabled=True)))
-                    if spec.head == "daformer" else None)
-        rows.append({"name": name, "encoder": spec.encoder, "head": spec.head, "params": count_params(model),
+            attention = (ScaleAttentionHead(model.feature_channels, num_classes, HRDAConfig().attention_embed_dim)
+                         if spec.head == "daformer" else None)
+        params = count_params(model)
+        rows.append({"name": name, "encoder": spec.encoder, "head": spec.head, "params": params,
                      "encoder_params": count_params(model.encoder), "head_params": count_params(model.decode_head),
-                     "hrda_params": count_params(hrda) if hrda is not None else None})
+                     "hrda_params": params + count_params(attention) if attention is not None else None})
     return rows
