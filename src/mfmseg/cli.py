@@ -7,10 +7,12 @@ Each sub-command is one `_cmd_<name>(args) -> int` function registered in `build
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 
 from mfmseg import __version__
-from mfmseg.errors import UserError
+from mfmseg.errors import UserError, user_message
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -76,10 +78,14 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 def _load_model(args: argparse.Namespace):
     import torch
 
-    from mfmseg.config import load_config
+    from mfmseg.config import check_device, load_config
     from mfmseg.engine.export import load_inference_model
 
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = check_device(args.device, "--device")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} but no CUDA device is visible; use --device cpu")
     config = load_config(args.config) if args.config else None  # the architecture of released checkpoints
     model, cfg = load_inference_model(args.checkpoint, device, which=getattr(args, "which", "student"),
                                       config=config)
@@ -137,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"mfmseg {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of user errors too (same as MFMSEG_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("models", help="list the model zoo with parameter counts",
@@ -215,15 +223,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The error boundary: every expected failure, from any process, ends as one `error: ...` line and exit 2."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        message = user_message(e)
+        if message is None:  # a bug: keep its traceback (exit 1)
+            raise
+        if args.debug or os.environ.get("MFMSEG_DEBUG", "") not in ("", "0"):
+            traceback.print_exc()
+            if getattr(e, "remote_traceback", None):
+                print(f"in a DataLoader worker: {e.remote_traceback}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

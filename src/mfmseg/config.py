@@ -9,6 +9,7 @@ silently train the default.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
@@ -17,7 +18,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
-from mfmseg.errors import UserError
+from mfmseg.errors import UserError, yaml_error_line
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -232,7 +233,10 @@ def _parse_overrides(overrides: list[str]) -> dict:
         if "=" not in item:
             raise UserError(f"override '{item}' is not key=value (e.g. train.max_iters=100)")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise UserError(f"override '{item}': the value is not valid YAML ({yaml_error_line(e)})") from None
         node = nested
         parts = key.strip().split(".")
         for p in parts[:-1]:
@@ -267,7 +271,7 @@ def load_config(name_or_path: str | None = None, overrides: list[str] | None = N
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise UserError(f"cannot parse {path}: {str(e).splitlines()[0]}") from None
+            raise UserError(f"cannot parse {path}: {yaml_error_line(e)}") from None
         if not isinstance(data, dict):
             raise UserError(f"{path} must hold a mapping of config keys")
         cfg = _merge(cfg, data, str(path))
@@ -295,6 +299,16 @@ def to_yaml(config: Config) -> str:
 
 def get_key(config: Config, key: str) -> Any:
     return OmegaConf.select(OmegaConf.structured(config), key)
+
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device(name: str, key: str = "train.device") -> str:
+    """Reject `--device bogus` with the valid forms, before torch rejects it with a traceback."""
+    if not DEVICE_PATTERN.fullmatch(str(name)):
+        raise UserError(f"{key}={name!r} is not a device: use auto, cpu, cuda or cuda:N")
+    return str(name)
 
 
 def validate(config: Config) -> None:

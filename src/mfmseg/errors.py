@@ -1,11 +1,90 @@
-"""The one exception type that the command line turns into a one-line message and a non-zero exit.
+"""The one exception type that the command line turns into a one-line message, and the rules that say which
+other failures are the user's to fix.
 
 Raise `UserError` for anything the user can fix (bad path, bad config key, wrong checkpoint, corrupt image):
 the CLI prints `error: <message>` without a traceback. Bugs stay ordinary exceptions so that they keep theirs.
+`user_message` is the CLI's single decision of what counts as a user error; it lives here, beside `UserError`,
+so that the library and the CLI share one rule instead of each command catching its own exceptions.
 """
 
 from __future__ import annotations
 
+import re
+
+# torch's DataLoader re-raises a worker's exception as `type(msg)` with the worker's traceback folded into `msg`
+_WORKER_WRAPPED = re.compile(r"Caught \w+ in (?:DataLoader worker process \d+|pin memory thread[^.]*)\.\n"
+                             r"Original (?P<tb>Traceback.*)", re.S)
+_TRACEBACK_TAIL = re.compile(r"\n(?:mfmseg\.errors\.)?UserError: (?P<msg>.*)$", re.S)
+
 
 class UserError(Exception):
-    """A problem with the user's input: message says what, where, and how to fix it."""
+    """A problem with the user's input: message says what, where, and how to fix it.
+
+    A UserError raised in a DataLoader worker comes back as itself: torch rebuilds it from the worker's whole
+    traceback, which we peel off again (kept in `remote_traceback` for `MFMSEG_DEBUG=1`), so the user reads
+    the worker's one line and not "Caught UserError in DataLoader worker process 0" plus a traceback.
+    """
+
+    def __init__(self, message: object = "", *args: object) -> None:
+        self.remote_traceback: str | None = None
+        if isinstance(message, str) and (wrapped := _WORKER_WRAPPED.match(message)):
+            tail = _TRACEBACK_TAIL.search(wrapped["tb"].rstrip())
+            if tail:
+                self.remote_traceback, message = wrapped["tb"], tail["msg"]
+        super().__init__(message, *args)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    """torch.OutOfMemoryError (CUDA), MemoryError (numpy/Python) or the CPU allocator's RuntimeError."""
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(e, RuntimeError) and any(s in str(e) for s in ("can't allocate memory", "out of memory",
+                                                                     "not enough memory"))
+
+
+def _os_message(e: OSError) -> str:
+    """`<reason>: <path>` (the path is what the user can act on); disk full says so."""
+    reason = e.strerror or _first_line(e)
+    paths = [str(p) for p in (e.filename, e.filename2) if p is not None]
+    return f"{reason}: {' -> '.join(paths)}" if paths else reason
+
+
+def user_message(e: BaseException) -> str | None:
+    """The one line to show for an expected failure, or None for a bug (which keeps its traceback).
+
+    Expected: a UserError from any process, an OSError (a path the user gave cannot be read or written, a full
+    disk) and running out of memory on user-sized inputs.
+    """
+    if isinstance(e, UserError):
+        return str(e)
+    if isinstance(e, OSError):
+        return _os_message(e)
+    if _is_out_of_memory(e):
+        return (f"out of memory ({_first_line(e)[:160]}): use smaller inputs (data.*.resize, data.batch_size) "
+                f"or sliding-window inference (eval.mode=slide, eval.batch_size=1)")
+    return None
+
+
+def describe_load_failure(e: BaseException) -> str:
+    """Why `torch.load(weights_only=True)` refused a file, in words the user can act on."""
+    text = str(e)
+    if "Weights only load failed" in text:
+        what = re.search(r"unsupported (?:GLOBAL|global) ([\w.]+)", text)
+        return "this file contains pickled code, refusing to load it" + (f" ({what[1]})" if what else "")
+    if isinstance(e, EOFError) or "failed finding central directory" in text:
+        return "the file is empty, truncated or corrupt"
+    if isinstance(e, KeyError) or "invalid load key" in text:
+        return "not a PyTorch file (neither a zip archive nor a pickle)"
+    return _first_line(e)[:200]
+
+
+def yaml_error_line(e: Exception) -> str:
+    """A PyYAML error as `line L, column C: problem`: the line number is what the user needs to find it."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    problem = getattr(e, "problem", None) or _first_line(e)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem

@@ -14,7 +14,7 @@ import numpy as np
 import yaml
 
 from mfmseg.data.labels import CITYSCAPES_ID_TO_TRAIN_ID, SYNTHIA_ID_TO_TRAIN_ID, lookup_table
-from mfmseg.errors import UserError
+from mfmseg.errors import UserError, yaml_error_line
 
 TRAIN_ID_SUFFIX = "_labelTrainIds.png"
 
@@ -94,10 +94,17 @@ def load_class_map(root: Path, path: str | None = None) -> dict[int, int]:
     file = Path(path) if path else Path(root) / "classes.yaml"
     if not file.is_file():
         raise UserError(f"folder dataset: class map {file} not found (YAML with names and id_to_train_id)")
-    data = yaml.safe_load(file.read_text()) or {}
-    if not isinstance(data, dict) or "id_to_train_id" not in data:
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"cannot parse {file}: {yaml_error_line(e)}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("id_to_train_id"), dict):
         raise UserError(f"{file}: needs an 'id_to_train_id' mapping (label value -> train id)")
-    mapping = {int(k): int(v) for k, v in data["id_to_train_id"].items()}
+    try:
+        mapping = {int(k): int(v) for k, v in data["id_to_train_id"].items()}
+    except (TypeError, ValueError):
+        raise UserError(f"{file}: id_to_train_id must map integer label values to integer train ids, got "
+                        f"{dict(list(data['id_to_train_id'].items())[:3])}") from None
     bad = [v for v in mapping.values() if not 0 <= v < 255]
     if bad:
         raise UserError(f"{file}: train ids must be in 0..254, got {bad[:3]}")

@@ -26,6 +26,7 @@ from PIL import Image, ImageFilter
 from tqdm import tqdm
 
 from mfmseg.data.labels import CITYSCAPES_PALETTE, TRAIN_ID_TO_CITYSCAPES_ID
+from mfmseg.errors import UserError
 
 ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, LIGHT, SIGN, VEG, TERRAIN, SKY, PERSON, RIDER, CAR, TRUCK, BUS, \
     TRAIN, MOTO, BIKE = range(19)
@@ -258,7 +259,7 @@ def write_benchmark(out: str | os.PathLike, seed: int = 0, num_source: int = 400
     out = Path(out)
     h, w = size
     if h < 32 or w < 32:
-        raise ValueError(f"synthetic images must be at least 32×32, got {h}×{w}")
+        raise UserError(f"synthetic images must be at least 32×32 (--size 32x32), got {h}×{w}")
     jobs = [(out, seed, "source", "train", i, size) for i in range(num_source)]
     jobs += [(out, seed, "target", "train", i, size) for i in range(num_target)]
     jobs += [(out, seed, "target", "val", i, size) for i in range(num_val)]

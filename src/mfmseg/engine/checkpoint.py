@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from mfmseg import __version__
-from mfmseg.errors import UserError
+from mfmseg.errors import UserError, describe_load_failure
 
 TRAIN_FORMAT = "mfmseg-train-v1"
 
@@ -69,12 +69,23 @@ def load_torch_file(path: str | Path) -> dict:
         raise UserError(f"checkpoint not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt, truncated, or pickled code objects
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot read checkpoint {path}: {first[:200]}") from None
+    except OSError:
+        raise
+    except Exception as e:  # corrupt, truncated, not a torch file, or pickled code objects
+        raise UserError(f"cannot read checkpoint {path}: {describe_load_failure(e)}") from None
     if not isinstance(obj, dict):
         raise UserError(f"{path} is not an mfmseg checkpoint (found a {type(obj).__name__})")
     return obj
+
+
+def require_keys(ckpt: dict, keys: tuple[str, ...], path: str | Path) -> None:
+    """A checkpoint missing an entry is damaged or foreign: say which entry, not `KeyError: 'optimizer'`."""
+    missing = [k for k in keys if k not in ckpt]
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(repr(k) for k in missing)}: a damaged or foreign checkpoint")
+
+
+TRAIN_KEYS = ("config", "iteration", "student", "optimizer", "rng")
 
 
 def load_train_checkpoint(path: str | Path) -> dict:
@@ -82,4 +93,5 @@ def load_train_checkpoint(path: str | Path) -> dict:
     if ckpt.get("format") != TRAIN_FORMAT:
         raise UserError(f"{path} is not an mfmseg training checkpoint (format {ckpt.get('format')!r}, "
                         f"expected {TRAIN_FORMAT!r})")
+    require_keys(ckpt, TRAIN_KEYS, path)
     return ckpt

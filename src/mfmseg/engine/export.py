@@ -15,7 +15,7 @@ from torch import nn
 from mfmseg import __version__
 from mfmseg.config import Config, config_from_dict, to_dict
 from mfmseg.data.labels import CITYSCAPES_PALETTE
-from mfmseg.engine.checkpoint import TRAIN_FORMAT, atomic_torch_save, load_torch_file
+from mfmseg.engine.checkpoint import TRAIN_FORMAT, atomic_torch_save, load_torch_file, require_keys
 from mfmseg.engine.evaluate import class_names
 from mfmseg.errors import UserError
 from mfmseg.models.weights import load_released_checkpoint, load_strict
@@ -40,8 +40,10 @@ def _check_which(which: str) -> None:
 def _student_and_config(ckpt: dict, path: str | Path, which: str = "student") -> tuple[dict, Config]:
     fmt = ckpt.get("format")
     if fmt == MODEL_FORMAT:
+        require_keys(ckpt, ("state_dict", "config"), path)
         return ckpt["state_dict"], config_from_dict(ckpt["config"], str(path))
     if fmt == TRAIN_FORMAT:
+        require_keys(ckpt, ("config",), path)
         if ckpt.get(which) is None:
             raise UserError(f"{path} has no '{which}' weights (a source-only run has no teacher)")
         return ckpt[which], config_from_dict(ckpt["config"], str(path))
