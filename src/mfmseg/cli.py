@@ -39,8 +39,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     summary = train(cfg)
     if summary:
-        print(f"done: target mIoU {summary['mIoU']:.2f} after {summary['iters']} iterations -> "
-              f"{cfg.work_dir}/summary.json")
+        miou = "not evaluated" if summary["mIoU"] is None else f"{summary['mIoU']:.2f}"  # train.eval_interval=-1
+        print(f"done: target mIoU {miou} after {summary['iters']} iterations -> {cfg.work_dir}/summary.json")
     return 0
 
 

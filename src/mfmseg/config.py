@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from mfmseg.errors import UserError, yaml_error_line
@@ -311,27 +311,99 @@ def check_device(name: str, key: str = "train.device") -> str:
     return str(name)
 
 
+_DATASETS = ("source", "target", "val")
+
+# The valid range of every numeric field (lists: of each element), in one table so that a new field gets its range
+# where it is declared to the reader, and an out-of-range value fails at load time, naming its key, instead of as a
+# ZeroDivisionError deep in the first iteration. Ranges: ">0", ">=N", or an interval "[a,b]" / "[a,b)" / "(a,b]".
+RANGES: dict[str, str] = {
+    "seed": ">=0",
+    "model.num_classes": "[1,255)",  # train ids 0..254: 255 is the ignore label
+    "model.decoder_channels": ">=1",
+    **{f"data.{d}.{k}": ">0" for d in _DATASETS for k in ("resize", "crop")},
+    "data.batch_size": ">=1", "data.num_workers": ">=0", "data.cat_max_ratio": "(0,1]",
+    "data.rcs.temperature": ">0", "data.rcs.min_pixels": ">=0", "data.rcs.min_crop_ratio": ">=0",
+    "uda.alpha": "[0,1]", "uda.pseudo_threshold": "[0,1]", "uda.pseudo_margins": ">=0",
+    "uda.fd.weight": ">=0", "uda.fd.cell_ratio": "[0,1]", "uda.fd.thing_classes": ">=0",
+    "uda.mix.color_jitter_strength": ">=0", "uda.mix.color_jitter_p": "[0,1]",
+    "uda.mic.block_size": ">=1", "uda.mic.mask_ratio": "[0,1)", "uda.mic.weight": ">=0",
+    "uda.mfm.embed_dim": ">=4", "uda.mfm.depth": ">=0", "uda.mfm.num_heads": ">=1", "uda.mfm.mlp_ratio": ">0",
+    "uda.mfm.grid": ">=1", "uda.mfm.mask_ratio": "[0,1)", "uda.mfm.weight": ">=0", "uda.mfm.lr": ">0",
+    "optim.lr": ">0", "optim.betas": "[0,1)", "optim.momentum": "[0,1]", "optim.weight_decay": ">=0",
+    "optim.head_lr_mult": ">0", "optim.warmup_iters": ">=0", "optim.warmup_ratio": "[0,1]", "optim.power": ">=0",
+    "optim.min_lr": ">=0",
+    "train.max_iters": ">=0", "train.eval_interval": ">=-1",  # -1: never evaluate (no validation set needed)
+    "train.checkpoint_interval": ">=0", "train.log_interval": ">=1", "train.panel_interval": ">=0",
+    "eval.window": ">0", "eval.stride": ">0", "eval.batch_size": ">=1",
+}
+PAIRS = [*(f"data.{d}.{k}" for d in _DATASETS for k in ("resize", "crop")), "optim.betas", "eval.window",
+         "eval.stride"]
+_RANGE = re.compile(r"(?P<op>>=|>)(?P<bound>-?[\d.]+)|(?P<lo>[\[(])(?P<a>-?[\d.]+),(?P<b>-?[\d.]+)(?P<hi>[\])])")
+
+
+def in_range(value: float, spec: str) -> bool:
+    """`value` satisfies a RANGES spec (">0", ">=1", "[0,1)")."""
+    m = _RANGE.fullmatch(spec)
+    if m is None:
+        raise ValueError(f"bad range spec {spec!r}")
+    if m["op"]:
+        return value >= float(m["bound"]) if m["op"] == ">=" else value > float(m["bound"])
+    a, b = float(m["a"]), float(m["b"])
+    above = value >= a if m["lo"] == "[" else value > a
+    below = value <= b if m["hi"] == "]" else value < b
+    return above and below
+
+
+def _spec_words(spec: str) -> str:
+    """">=1" -> ">= 1", "[0,1)" -> "in [0, 1)"."""
+    if spec[0] in "[(":
+        return f"in {spec.replace(',', ', ')}"
+    op = ">=" if spec.startswith(">=") else ">"
+    return f"{op} {spec[len(op):]}"
+
+
+def _check_ranges(config: Config) -> None:
+    for key, spec in RANGES.items():
+        value = get_key(config, key)
+        values = value if isinstance(value, (list, ListConfig)) else [value]
+        bad = [v for v in values if v is not None and not in_range(v, spec)]
+        if bad:
+            shown = list(value) if isinstance(value, (list, ListConfig)) else value
+            where = "every element of " if isinstance(value, (list, ListConfig)) else ""
+            raise UserError(f"{key}={shown} is out of range: {where}{key} must be {_spec_words(spec)}")
+    for key in PAIRS:
+        if len(get_key(config, key)) != 2:
+            raise UserError(f"{key}={list(get_key(config, key))} must be a pair of two numbers")
+
+
+def _check_mfm(m: MFMConfig) -> None:
+    """The Rebuilder's attention splits embed_dim across heads; its 2-D sin-cos position embedding needs dim % 4."""
+    if m.embed_dim % m.num_heads:
+        raise UserError(f"uda.mfm.embed_dim={m.embed_dim} must be divisible by uda.mfm.num_heads={m.num_heads}")
+    if m.embed_dim % 4:
+        raise UserError(f"uda.mfm.embed_dim={m.embed_dim} must be a multiple of 4 (the 2-D sin-cos position "
+                        f"embedding splits it into 4 parts)")
+
+
 def validate(config: Config) -> None:
-    """Value checks that types alone cannot express."""
+    """Value checks that types alone cannot express: choices, ranges, and the few constraints between keys."""
     for key, allowed in CHOICES.items():
         value = get_key(config, key)
         if value not in allowed:
             raise UserError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+    check_device(config.train.device)
+    _check_ranges(config)
     m = config.uda.mfm
-    if not 0.0 <= m.mask_ratio < 1.0:
-        raise UserError(f"uda.mfm.mask_ratio={m.mask_ratio} must be in [0, 1)")
-    if m.embed_dim % m.num_heads:
-        raise UserError(f"uda.mfm.embed_dim={m.embed_dim} must be divisible by uda.mfm.num_heads={m.num_heads}")
+    _check_mfm(m)
+    if config.optim.min_lr > config.optim.lr:
+        raise UserError(f"optim.min_lr={config.optim.min_lr} must not exceed optim.lr={config.optim.lr}")
+    if any(c >= config.model.num_classes for c in config.uda.fd.thing_classes):
+        raise UserError(f"uda.fd.thing_classes={list(config.uda.fd.thing_classes)} must be train ids below "
+                        f"model.num_classes={config.model.num_classes}")
     if config.uda.method == "source_only" and (m.enabled and m.domain != "source" or config.uda.mic.enabled):
         raise UserError("uda.method=source_only has no pseudo-labels: use uda.mfm.domain=source or method=dacs")
     if len(config.uda.pseudo_margins) != 4:
         raise UserError("uda.pseudo_margins must list 4 pixel counts: top, bottom, left, right")
-    for name in ("source", "target", "val"):
-        ds: DatasetConfig = getattr(config.data, name)
-        if len(ds.resize) != 2 or len(ds.crop) != 2:
-            raise UserError(f"data.{name}.resize and data.{name}.crop must be [W, H] and [H, W] pairs")
-    if config.train.max_iters < 0 or config.data.batch_size < 1:
-        raise UserError("train.max_iters must be >= 0 and data.batch_size >= 1")
     if config.model.hrda.enabled:
         _validate_hrda(config)
 
