@@ -148,3 +148,60 @@ def test_mfm_loss_reaches_encoder_decoder_and_rebuilder():
         assert all(g is not None for g in grads), name
         assert sum(g.abs().sum().item() for g in grads) > 0, name
     assert rb.mask_token.grad.abs().sum() > 0
+
+
+def test_projector_widths_scale_with_the_embedding():
+    """embed -> embed/2 -> embed/4 as the official module (512 -> 256 -> 128): a small Rebuilder stays small."""
+    rb = Rebuilder.for_segmentor(MIT, (512, 512), MFMConfig(enabled=True, embed_dim=128, num_heads=4))
+    widths = [m.out_channels for m in rb.projectors[0] if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert widths == [64, 32, 32]
+    assert sum(p.numel() for p in rb.parameters()) == _independent_count_widths([64, 128, 320, 512], [8, 4, 2, 1], 128)
+
+
+def _independent_count_widths(channels, scales, d, depth=2, mlp=4):
+    n = _linear(channels[-1], d) + d + depth * (4 * d + _linear(d, 3 * d) + _linear(d, d) + _linear(d, mlp * d)
+                                               + _linear(mlp * d, d)) + 2 * d
+    for c, s in zip(channels, scales):
+        cin = d
+        for k, co in enumerate([d // 2, d // 4, d // 4][: {1: 0, 2: 1, 4: 2, 8: 3}[s]]):
+            n += (2 * cin if k > 0 else 0) + cin * co * 16 + co
+            cin = co
+        n += _linear(cin, c) + 2 * c
+    return n
+
+
+def _tiny_real_model():
+    from mfmseg.config import ModelConfig
+    from mfmseg.models.zoo import build_model
+
+    torch.manual_seed(0)
+    return build_model(ModelConfig(name="daformer_efflite0", decoder_channels=16))
+
+
+def test_masking_without_a_rebuilder_zeroes_masked_positions_and_learns_nothing():
+    model = _tiny_real_model()
+    rb = Rebuilder.for_segmentor(model, (64, 64), MFMConfig(enabled=True, grid=8, rebuild=False))
+    assert sum(p.numel() for p in rb.parameters()) == 0
+    feats = model.encode(torch.randn(2, 3, 64, 64))
+    rebuilt, mask = rb(feats, generator=torch.Generator().manual_seed(0))
+    assert 0 < mask.float().mean() < 1
+    for feat, new in zip(feats, rebuilt):
+        level = torch.nn.functional.interpolate(mask[:, None].float(), size=feat.shape[-2:], mode="nearest").bool()
+        level = level.expand_as(feat)
+        assert torch.equal(new[level], torch.zeros_like(new[level])) and torch.equal(new[~level], feat[~level])
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_frozen_decoder_bn_keeps_the_running_statistics_of_the_mfm_pass(freeze):
+    model = _tiny_real_model().train()
+    rb = Rebuilder.for_segmentor(model, (64, 64), MFMConfig(enabled=True, embed_dim=32, num_heads=4, grid=8))
+    before = {k: v.clone() for k, v in model.decode_head.state_dict().items() if "running_" in k}
+    feats = model.encode(torch.randn(2, 3, 64, 64))
+    labels = torch.randint(0, 19, (2, 64, 64))
+    out = mfm_loss(model, rb, feats, labels, None, torch.Generator().manual_seed(0), freeze_decoder_bn=freeze)
+    out.loss.backward()
+    after = model.decode_head.state_dict()
+    unchanged = all(torch.equal(before[k], after[k]) for k in before)
+    assert unchanged == freeze and before
+    assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert all(p.grad is not None for p in model.decode_head.parameters())  # still trains the decoder

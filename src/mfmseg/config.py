@@ -114,6 +114,9 @@ class MFMConfig:
     # sharing the mixed-loss encoder pass: no extra encoder pass, labels = the mixed labels and weights)
     domain: str = "target"
     lr: float = 2e-4
+    # controls of the MFM study (docs/study_mfm.md), not the paper's method:
+    rebuild: bool = True  # false = "masking without a Rebuilder" (paper ablation): masked positions are zeroed
+    freeze_decoder_bn: bool = False  # the MFM decode leaves the decoder's BatchNorm running statistics unchanged
 
 
 @dataclass

@@ -12,8 +12,9 @@ a projector output that does not match a level (another crop size) is resized bi
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import NamedTuple, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,6 @@ from mfmseg.config import MFMConfig
 from mfmseg.models.hrda import MultiResFeatures
 from mfmseg.uda.losses import segmentation_loss
 
-PROJECTOR_CHANNELS = (256, 128)  # first transposed-conv stage -> 256, every later stage -> 128 (official sizes)
 
 
 class LayerNorm2d(nn.Module):
@@ -86,8 +86,9 @@ class Block(nn.Module):
 
 
 def build_projector(embed_dim: int, out_channels: int, scale: int) -> nn.Sequential:
-    """log2(scale) ConvTranspose(k4,s2,p1) stages (embed->256->128->128...) with LayerNorm2d+GELU between
-    stages, a 1×1 conv to the level's channels, LayerNorm2d."""
+    """log2(scale) ConvTranspose(k4,s2,p1) stages (embed -> embed/2 -> embed/4 -> embed/4 ...) with
+    LayerNorm2d+GELU between stages, a 1×1 conv to the level's channels, LayerNorm2d. The widths scale with the
+    embedding as in the official module (512 -> 256 -> 128), so that a small Rebuilder stays small."""
     if scale < 1 or scale & (scale - 1):
         raise ValueError(f"projector scale must be a power of two, got {scale}")
     layers: list[nn.Module] = []
@@ -95,7 +96,7 @@ def build_projector(embed_dim: int, out_channels: int, scale: int) -> nn.Sequent
     for stage in range(int(math.log2(scale))):
         if stage > 0:
             layers += [LayerNorm2d(channels), nn.GELU()]
-        nxt = PROJECTOR_CHANNELS[min(stage, len(PROJECTOR_CHANNELS) - 1)]
+        nxt = embed_dim // 2 if stage == 0 else embed_dim // 4
         layers.append(nn.ConvTranspose2d(channels, nxt, kernel_size=4, stride=2, padding=1))
         channels = nxt
     layers += [nn.Conv2d(channels, out_channels, kernel_size=1), LayerNorm2d(out_channels)]
@@ -113,7 +114,7 @@ class Rebuilder(nn.Module):
 
     def __init__(self, in_channels: Sequence[int], level_scales: Sequence[int], embed_dim: int = 512,
                  depth: int = 2, num_heads: int = 16, mlp_ratio: float = 4.0, grid: int = 16,
-                 mask_ratio: float = 0.4) -> None:
+                 mask_ratio: float = 0.4, rebuild: bool = True) -> None:
         super().__init__()
         if len(in_channels) != len(level_scales) or not in_channels:
             raise ValueError(f"need one scale per level: channels {list(in_channels)}, scales {list(level_scales)}")
@@ -121,6 +122,9 @@ class Rebuilder(nn.Module):
             raise ValueError(f"embed_dim {embed_dim} not divisible by num_heads {num_heads}")
         self.in_channels, self.level_scales = list(in_channels), list(level_scales)
         self.grid, self.mask_ratio, self.embed_dim = grid, mask_ratio, embed_dim
+        self.rebuild = rebuild
+        if not rebuild:  # the "masking without a Rebuilder" control: nothing to learn, masked positions are zero
+            return
         self.embed = nn.Linear(in_channels[-1], embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.register_buffer("pos_embed", sincos_pos_embed_2d(embed_dim, grid, grid)[None], persistent=False)
@@ -146,7 +150,7 @@ class Rebuilder(nn.Module):
         sizes = [(int(crop_hw[0]) // s, int(crop_hw[1]) // s) for s in segmentor.feature_strides]
         return cls(segmentor.feature_channels, [level_scale(hw, cfg.grid) for hw in sizes],
                    embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
-                   grid=cfg.grid, mask_ratio=cfg.mask_ratio)
+                   grid=cfg.grid, mask_ratio=cfg.mask_ratio, rebuild=cfg.rebuild)
 
     def draw_mask(self, batch: int, generator: torch.Generator | None = None) -> Tensor:
         """B×grid×grid bool, True = masked: a token is kept when U(0,1) > mask_ratio."""
@@ -169,13 +173,18 @@ class Rebuilder(nn.Module):
     def forward(self, feats: Sequence[Tensor], generator: torch.Generator | None = None,
                 token_mask: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
         """(rebuilt features, token_mask B×grid×grid bool, True = masked); visible positions keep `feats`."""
-        if len(feats) != len(self.projectors):
-            raise ValueError(f"Rebuilder built for {len(self.projectors)} levels, got {len(feats)}")
+        if len(feats) != len(self.in_channels):
+            raise ValueError(f"Rebuilder built for {len(self.in_channels)} levels, got {len(feats)}")
         if token_mask is None:
             token_mask = self.draw_mask(feats[0].shape[0], generator)
         token_mask = token_mask.to(feats[-1].device)
-        x = self.tokens(feats[-1], token_mask)
         rebuilt = []
+        if not self.rebuild:
+            for feat in feats:
+                level_mask = F.interpolate(token_mask[:, None].float(), size=feat.shape[-2:], mode="nearest")
+                rebuilt.append(feat * (1 - level_mask.to(feat.dtype)))
+            return rebuilt, token_mask
+        x = self.tokens(feats[-1], token_mask)
         for feat, projector in zip(feats, self.projectors):
             out = projector(x)
             if out.shape[-2:] != feat.shape[-2:]:
@@ -191,8 +200,27 @@ class MFMOutput(NamedTuple):
     logits: Tensor  # decoder logits on the rebuilt features, at output stride
 
 
+@contextlib.contextmanager
+def frozen_bn_statistics(module: nn.Module) -> Iterator[None]:
+    """BatchNorms keep normalising with batch statistics but do not update their running statistics (momentum 0).
+
+    The MFM decode is the last train-mode pass of each step, so without this about a third of the decoder's
+    evaluation statistics would come from rebuilt features, which the network never sees at test time.
+    """
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+
+
 def mfm_loss(segmentor: nn.Module, rebuilder: Rebuilder, feats: Sequence[Tensor] | MultiResFeatures,
-             labels: Tensor, weight: Tensor | None, generator: torch.Generator | None = None) -> MFMOutput:
+             labels: Tensor, weight: Tensor | None, generator: torch.Generator | None = None,
+             freeze_decoder_bn: bool = False) -> MFMOutput:
     """The segmentor's own loss (`segmentation_loss`: weighted CE upsampled to the label size, ignore 255) of
     decode(rebuilt features).
 
@@ -200,15 +228,18 @@ def mfm_loss(segmentor: nn.Module, rebuilder: Rebuilder, feats: Sequence[Tensor]
     independent token masks by the same Rebuilder, decoded through the HRDA head (fusion, detail window) and
     scored with the HRDA loss. The returned token mask and logits are the context's mask and the fused logits.
     """
+    bn_context = frozen_bn_statistics(segmentor) if freeze_decoder_bn else contextlib.nullcontext()
     if isinstance(feats, MultiResFeatures):
         context, token_mask = rebuilder(feats.context, generator=generator)
         detail, _ = rebuilder(feats.detail, generator=generator)
-        out = segmentor.decode(feats._replace(context=context, detail=detail))
+        with bn_context:  # only the decoder runs here: the encoder's statistics are those of clean images
+            out = segmentor.decode(feats._replace(context=context, detail=detail))
         return MFMOutput(segmentation_loss(out, labels, weight), token_mask, out.fused)
     rebuilt, token_mask = rebuilder(feats, generator=generator)
-    logits = segmentor.decode(rebuilt)
+    with bn_context:
+        logits = segmentor.decode(rebuilt)
     return MFMOutput(segmentation_loss(logits, labels, weight), token_mask, logits)
 
 
-__all__ = ["Rebuilder", "LayerNorm2d", "mfm_loss", "MFMOutput", "sincos_pos_embed_2d", "build_projector",
+__all__ = ["Rebuilder", "LayerNorm2d", "mfm_loss", "frozen_bn_statistics", "MFMOutput", "sincos_pos_embed_2d", "build_projector",
            "level_scale"]

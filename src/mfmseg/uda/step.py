@@ -130,7 +130,8 @@ class UDAStep:
             named["loss_fd"] = self.cfg.fd.weight * fd
         if self.mfm_on_source:
             with self._autocast(run):
-                out = mfm_loss(self.student, self.rebuilder, feats, label, None, run.generator)
+                out = mfm_loss(self.student, self.rebuilder, feats, label, None, run.generator,
+                               self.cfg.mfm.freeze_decoder_bn)
             named["loss_mfm_src"] = self.cfg.mfm.weight * out.loss
             if run.visuals is not None and not self.mfm_on_target:
                 run.visuals.update(_mfm_visuals(out.token_mask, out.logits, img.shape[-2:]))
@@ -160,7 +161,8 @@ class UDAStep:
             feats = self.student.encode(mixed_img)
             named = {"loss_mix": segmentation_loss(self.student.decode(feats), mixed_label, mixed_weight)}
             if self.mfm_on_mixed:  # one encoder pass, one backward for both terms
-                out = mfm_loss(self.student, self.rebuilder, feats, mixed_label, mixed_weight, run.generator)
+                out = mfm_loss(self.student, self.rebuilder, feats, mixed_label, mixed_weight, run.generator,
+                               self.cfg.mfm.freeze_decoder_bn)
                 named["loss_mfm"] = self.cfg.mfm.weight * out.loss
         self._backward(named, run)
         if run.visuals is not None:
@@ -182,7 +184,8 @@ class UDAStep:
         """L_mfm on the un-augmented target crop against the teacher's pseudo-labels and weight."""
         with self._autocast(run):
             feats = self.student.encode(tgt_img)
-            out = mfm_loss(self.student, self.rebuilder, feats, labels, weight, run.generator)
+            out = mfm_loss(self.student, self.rebuilder, feats, labels, weight, run.generator,
+                           self.cfg.mfm.freeze_decoder_bn)
         self._backward({"loss_mfm": self.cfg.mfm.weight * out.loss}, run)
         if run.visuals is not None:
             run.visuals.update(_mfm_visuals(out.token_mask, out.logits, tgt_img.shape[-2:]))
