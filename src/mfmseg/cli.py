@@ -100,7 +100,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from mfmseg.engine.evaluate import evaluate
     from mfmseg.engine.metrics import format_table
     from mfmseg.engine.trainer import json_safe
+    from mfmseg.files import atomic_write_text, check_output_file
 
+    if args.json:  # before the evaluation, not after it
+        check_output_file(args.json, "--json")
     model, cfg, device = _load_model(args)
     if args.config:
         cfg = load_config(args.config)
@@ -111,9 +114,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(model, build_dataset(cfg.data.val, "val"), cfg.eval, device=device)
     print(format_table(result))
     if args.json:
-        from pathlib import Path
-
-        Path(args.json).write_text(json.dumps(json_safe(result), indent=2))
+        atomic_write_text(args.json, json.dumps(json_safe(result), indent=2))
     return 0
 
 
@@ -129,7 +130,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from mfmseg.config import load_config
     from mfmseg.engine.export import export_model
+    from mfmseg.files import check_output_file
 
+    check_output_file(args.out, "--out")
     config = load_config(args.config) if args.config else None
     out = export_model(args.checkpoint, args.out, which=args.which, config=config)
     print(f"exported inference weights to {out}")

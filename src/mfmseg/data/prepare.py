@@ -23,6 +23,7 @@ from tqdm import tqdm
 from mfmseg.data.layouts import LAYOUTS, Layout, load_class_map
 from mfmseg.data.labels import IGNORE_INDEX
 from mfmseg.errors import UserError
+from mfmseg.files import atomic_write, atomic_write_text
 
 
 def read_label_ids(path: Path, kind: str) -> np.ndarray:
@@ -51,9 +52,7 @@ def _convert(job: tuple) -> dict:
         if ids.max() >= len(lut):
             ids = np.where(ids < len(lut), ids, 0)
         train_ids = lut[ids]
-        tmp = out_path.with_name(out_path.stem + ".tmp.png")
-        Image.fromarray(train_ids.astype(np.uint8), mode="L").save(tmp)
-        os.replace(tmp, out_path)
+        atomic_write(out_path, Image.fromarray(train_ids.astype(np.uint8), mode="L").save)
     counts = np.bincount(train_ids[train_ids != IGNORE_INDEX].ravel(), minlength=256)
     stats: dict = {str(c): int(n) for c, n in enumerate(counts) if n > 0}
     stats["file"] = rel
@@ -61,9 +60,7 @@ def _convert(job: tuple) -> dict:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 def prepare_dataset(kind: str, root: str | os.PathLike, nproc: int = 4, class_map: str | None = None) -> dict:

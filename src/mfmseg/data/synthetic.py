@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from mfmseg.data.labels import CITYSCAPES_PALETTE, TRAIN_ID_TO_CITYSCAPES_ID
 from mfmseg.errors import UserError
+from mfmseg.files import atomic_write, check_output_dir
 
 ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, LIGHT, SIGN, VEG, TERRAIN, SKY, PERSON, RIDER, CAR, TRUCK, BUS, \
     TRAIN, MOTO, BIKE = range(19)
@@ -221,10 +222,7 @@ def make_sample(seed: int, domain: str, index: int, size: tuple[int, int]) -> tu
 
 
 def _atomic_png(img: Image.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    img.save(tmp, optimize=False)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: img.save(tmp, optimize=False))
 
 
 def _gta_palette_image(label_ids: np.ndarray) -> Image.Image:
@@ -256,7 +254,7 @@ def _write_one(job: tuple) -> None:
 def write_benchmark(out: str | os.PathLike, seed: int = 0, num_source: int = 400, num_target: int = 400,
                     num_val: int = 100, size: tuple[int, int] = (256, 512), nproc: int = 2) -> Path:
     """Write `out/gta` (source) and `out/cityscapes` (target train + val) in the real layouts."""
-    out = Path(out)
+    out = check_output_dir(out)
     h, w = size
     if h < 32 or w < 32:
         raise UserError(f"synthetic images must be at least 32×32 (--size 32x32), got {h}×{w}")

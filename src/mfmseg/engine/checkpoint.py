@@ -8,7 +8,6 @@ so that nobody has to unpickle code to read it.
 
 from __future__ import annotations
 
-import os
 import random
 import subprocess
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 
 from mfmseg import __version__
 from mfmseg.errors import UserError, describe_load_failure
+from mfmseg.files import atomic_write
 
 TRAIN_FORMAT = "mfmseg-train-v1"
 
@@ -55,11 +55,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_torch_file(path: str | Path) -> dict:

@@ -17,6 +17,7 @@ from mfmseg.data.transforms import normalize, target_size
 from mfmseg.engine.inference import infer
 from mfmseg.engine.report import colorize
 from mfmseg.errors import UserError
+from mfmseg.files import atomic_write, check_output_dir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 FORMATS = ("color", "overlay", "trainid", "labelid")
@@ -58,7 +59,7 @@ def predict_images(model: torch.nn.Module, cfg: Config, inputs: list[str], out_d
     """One output PNG per input image at the input's resolution; the network sees it at `data.val.resize`."""
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt} is not one of {', '.join(FORMATS)}")
-    out_dir = Path(out_dir)
+    out_dir = check_output_dir(out_dir)
     written = []
     for path, rel in tqdm(collect_inputs(inputs), desc="predict", unit="img"):
         image = read_image(path)
@@ -69,9 +70,6 @@ def predict_images(model: torch.nn.Module, cfg: Config, inputs: list[str], out_d
         logits = infer(model, x, (image.height, image.width), mode, window, cfg.eval.stride, cfg.eval.batch_size)
         pred = logits.argmax(1)[0].cpu().numpy()
         target = out_dir / rel.with_suffix(".png")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.stem + ".tmp.png")
-        render(pred, image, fmt).save(tmp)
-        tmp.replace(target)
+        atomic_write(target, render(pred, image, fmt).save)
         written.append(target)
     return written

@@ -6,7 +6,6 @@ Called by the trainer between steps (a callback), never inside the training step
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -18,14 +17,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from mfmseg.data.labels import CITYSCAPES_PALETTE, IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from mfmseg.files import atomic_write  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
 
 
 def colorize(label: np.ndarray, palette: Sequence[Sequence[int]] = CITYSCAPES_PALETTE) -> np.ndarray:

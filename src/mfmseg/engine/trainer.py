@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from mfmseg.engine.distributed import (DistContext, all_ranks_agree, allreduce_g
 from mfmseg.engine.evaluate import evaluate
 from mfmseg.engine.optim import apply_lr, build_optimizer, param_groups
 from mfmseg.errors import UserError
+from mfmseg.files import atomic_write_text, check_output_dir
 from mfmseg.models.zoo import build_model
 from mfmseg.uda.step import UDAStep
 
@@ -76,9 +76,7 @@ def _append_jsonl(path: Path, row: dict) -> None:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(json_safe(obj), indent=2))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(json_safe(obj), indent=2))
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -127,13 +125,14 @@ class Trainer:
     def _prepare_work_dir(self) -> None:
         latest = self.work_dir / "latest.pth"
         if self.ctx.is_main:
+            check_output_dir(self.work_dir, "work_dir")
             if latest.exists() and not self.cfg.train.resume:
                 raise UserError(f"{self.work_dir} already holds a run (latest.pth): pass train.resume=true to "
                                 f"continue it, or choose another work_dir=")
             if self.cfg.train.resume and not latest.exists():
                 raise UserError(f"train.resume=true but {latest} does not exist")
             self.work_dir.mkdir(parents=True, exist_ok=True)
-            (self.work_dir / "config.yaml").write_text(to_yaml(self.cfg))
+            atomic_write_text(self.work_dir / "config.yaml", to_yaml(self.cfg))
             _write_json(self.work_dir / "run_info.json", {**run_info(), "world_size": self.ctx.world_size})
 
     def _tensorboard(self):

@@ -1,0 +1,99 @@
+"""Atomic file writes and output-path checks: the one place where mfmseg writes a file.
+
+Every output (checkpoints, exported models, JSON, YAML, PNGs) is written to a temporary name beside its target
+and renamed over it only when complete, so that a killed run never leaves a half-written `latest.pth`; on any
+failure the temporary file is removed (on a full disk it would otherwise keep the disk full) and the error names
+the path. `check_output_file` / `check_output_dir` let a command refuse an output it cannot write before its
+long work (an evaluation, a training run) rather than after it.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from mfmseg.errors import UserError
+
+
+def temp_path(path: Path) -> Path:
+    """`x.png` -> `x.tmp.png`: the suffix stays (PIL and matplotlib pick the format from it) and dataset scans
+    skip names containing `.tmp.`."""
+    return path.with_name(f"{path.stem}.tmp{path.suffix}")
+
+
+# torch.save reports a short write (full disk, quota) as a RuntimeError of its zip writer, not as an OSError
+_TORCH_WRITE_ERRORS = ("PytorchStreamWriter", "inline_container", "file write failed")
+
+
+def _write_failure(path: Path, e: BaseException) -> UserError | None:
+    """A failed write the user can fix (permissions, full disk), or None for a bug."""
+    if isinstance(e, OSError):
+        return UserError(f"cannot write {path}: {e.strerror or e}")
+    if isinstance(e, RuntimeError) and any(s in str(e) for s in _TORCH_WRITE_ERRORS):
+        return UserError(f"cannot write {path}: torch.save failed (is the disk full?): {str(e).splitlines()[0][:100]}")
+    return None
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write; it replaces `path` on success and is removed on any failure."""
+    path = Path(path)
+    check_output_file(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        error = _write_failure(path, e)
+        if error is not None:
+            raise error from e
+        raise
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """`write(tmp)` then rename: for writers that take a path (torch.save, PIL, matplotlib)."""
+    with atomic_path(path) as tmp:
+        write(tmp)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def _nearest_existing(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_creatable(folder: Path, what: str, target: Path) -> None:
+    """`folder` exists as a writable folder or can be created under one."""
+    anchor = _nearest_existing(folder)
+    if not anchor.is_dir():
+        raise UserError(f"cannot write {what} {target}: {anchor} is a file, not a folder")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {what} {target}: {anchor} is not writable")
+
+
+def check_output_file(path: str | os.PathLike, what: str = "file") -> Path:
+    """Refuse an output file that is a folder or sits where no file can be created, naming the path."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"cannot write {what} {path}: it is a folder (give a file name)")
+    _check_creatable(path.parent, what, path)
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Refuse an output folder that is a file or cannot be created, naming the path."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"cannot use {what} {path}: it is a file, not a folder")
+    _check_creatable(path, what, path)
+    return path
