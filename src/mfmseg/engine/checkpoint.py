@@ -8,7 +8,9 @@ so that nobody has to unpickle code to read it.
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ import torch
 
 from mfmseg import __version__
 from mfmseg.errors import UserError, describe_load_failure
-from mfmseg.files import atomic_write
+from mfmseg.files import atomic_write, temp_path
 
 TRAIN_FORMAT = "mfmseg-train-v1"
 
@@ -56,6 +58,44 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+# A parameter beyond this magnitude has diverged even while finite (lr=1e30 gives ~1e31 weights whose next loss is
+# NaN): such a state is never saved as a checkpoint to go back to.
+MAX_SANE_WEIGHT = 1e6
+
+
+def state_health(modules: dict[str, torch.nn.Module | None], optimizer: torch.optim.Optimizer) -> str | None:
+    """Why this training state must not become a checkpoint (a non-finite tensor, an exploded parameter), or None."""
+    for name, module in modules.items():
+        if module is None:
+            continue
+        for key, t in module.state_dict().items():
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                return f"{name}.{key} is not finite"
+        for key, p in module.named_parameters():
+            if p.numel() and float(p.detach().abs().max()) > MAX_SANE_WEIGHT:
+                return f"{name}.{key} reached |w| = {float(p.detach().abs().max()):.1e}"
+    for state in optimizer.state.values():
+        if any(torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all())
+               for t in state.values()):
+            return "the optimizer state is not finite"
+    return None
+
+
+def keep_previous(path: Path, previous: Path) -> None:
+    """Make `previous` a copy of `path` (a hard link where possible) before `path` is replaced: `path` always exists,
+    and the one before it stays available when the newest turns out to be the start of a divergence."""
+    if not path.exists():
+        return
+    tmp = temp_path(previous)
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:  # no hard links on this file system
+        atomic_write(previous, lambda t: shutil.copyfile(path, t))
+        return
+    os.replace(tmp, previous)
 
 
 def load_torch_file(path: str | Path) -> dict:

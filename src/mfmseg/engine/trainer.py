@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -25,14 +27,16 @@ from mfmseg.config import Config, to_dict, to_yaml
 from mfmseg.data.datasets import build_dataset
 from mfmseg.data.sampling import build_uda_loader
 from mfmseg.engine import report
-from mfmseg.engine.checkpoint import (TRAIN_FORMAT, atomic_torch_save, load_train_checkpoint, rng_state, run_info,
-                                      set_rng_state)
+from mfmseg.engine.checkpoint import (TRAIN_FORMAT, atomic_torch_save, keep_previous, load_train_checkpoint,
+                                      rng_state, run_info, set_rng_state, state_health)
 from mfmseg.engine.distributed import (DistContext, all_ranks_agree, allreduce_gradients, broadcast_state,
                                        init_distributed, shutdown_distributed)
 from mfmseg.engine.evaluate import evaluate
 from mfmseg.engine.optim import apply_lr, build_optimizer, param_groups
+from mfmseg.engine.resume import apply_group_settings, check_resume_config, fresh_group_settings
 from mfmseg.errors import UserError
 from mfmseg.files import atomic_write_text, check_output_dir
+from mfmseg.models.weights import load_strict
 from mfmseg.models.zoo import build_model
 from mfmseg.uda.step import UDAStep
 
@@ -97,7 +101,7 @@ class Trainer:
             raise UserError("train.amp=fp16 needs a CUDA device; use train.amp=bf16 on CPU")
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        self._prepare_work_dir()
+        resume_from = self._prepare_work_dir()
         seed_iteration(cfg.seed, 0, -1)  # identical initial weights on every rank
         self.student = build_model(cfg.model).to(self.device)
         if cfg.train.grad_checkpointing:
@@ -113,25 +117,37 @@ class Trainer:
         rebuilder = getattr(self.step, "rebuilder", None)
         self.optimizer = build_optimizer(param_groups(self.student, cfg.optim, rebuilder, cfg.uda.mfm.lr), cfg.optim)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        self.start_iter = self._maybe_resume()
+        self.start_iter = self._resume(resume_from) if resume_from is not None else 0
+        self.saved_at: dict[str, int] = {"latest.pth": self.start_iter} if resume_from is not None else {}
         if self.ctx.enabled:
             broadcast_state([self.student, getattr(self.step, "teacher", None), rebuilder])
         self.val_set = build_dataset(cfg.data.val, "val") if self.ctx.is_main and cfg.train.eval_interval >= 0 \
             else None
+        self._write_run_files()
         self.writer = self._tensorboard() if self.ctx.is_main else None
         self.last_eval: dict | None = None
 
     # ---- setup -------------------------------------------------------------------------------------------
-    def _prepare_work_dir(self) -> None:
+    def _prepare_work_dir(self) -> dict | None:
+        """Check the work dir and, on resume, the checkpoint against the config: before anything is written, so
+        that a refused resume leaves the run's own config.yaml untouched. Returns the checkpoint to resume from."""
         latest = self.work_dir / "latest.pth"
         if self.ctx.is_main:
             check_output_dir(self.work_dir, "work_dir")
             if latest.exists() and not self.cfg.train.resume:
                 raise UserError(f"{self.work_dir} already holds a run (latest.pth): pass train.resume=true to "
                                 f"continue it, or choose another work_dir=")
-            if self.cfg.train.resume and not latest.exists():
-                raise UserError(f"train.resume=true but {latest} does not exist")
-            self.work_dir.mkdir(parents=True, exist_ok=True)
+        if not self.cfg.train.resume:
+            return None
+        if not latest.exists():
+            raise UserError(f"train.resume=true but {latest} does not exist")
+        ckpt = load_train_checkpoint(latest)
+        check_resume_config(ckpt["config"], self.cfg, latest)
+        return ckpt
+
+    def _write_run_files(self) -> None:
+        """config.yaml (what this run really trains, resume overrides included) and run_info.json."""
+        if self.ctx.is_main:
             atomic_write_text(self.work_dir / "config.yaml", to_yaml(self.cfg))
             _write_json(self.work_dir / "run_info.json", {**run_info(), "world_size": self.ctx.world_size})
 
@@ -142,13 +158,17 @@ class Trainer:
             return None
         return SummaryWriter(str(self.work_dir / "tb"))
 
-    def _maybe_resume(self) -> int:
-        if not self.cfg.train.resume:
-            return 0
-        ckpt = load_train_checkpoint(self.work_dir / "latest.pth")
-        self.student.load_state_dict(ckpt["student"])
-        self.step.load_state_dict({"teacher": ckpt.get("teacher"), "rebuilder": ckpt.get("rebuilder")})
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+    def _resume(self, ckpt: dict) -> int:
+        """Restore the run; the config's allowed changes (lr, weight decay, schedule) take effect."""
+        where = f"checkpoint {self.work_dir / 'latest.pth'}"
+        load_strict(self.student, ckpt["student"], where)
+        fresh = fresh_group_settings(self.optimizer)
+        try:
+            self.step.load_state_dict({"teacher": ckpt.get("teacher"), "rebuilder": ckpt.get("rebuilder")})
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise UserError(f"{where} does not fit this run: {str(e).splitlines()[0][:200]}") from None
+        apply_group_settings(self.optimizer, fresh)
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         if self.ctx.is_main:
@@ -202,10 +222,7 @@ class Trainer:
         except FloatingPointError as e:
             error, losses, visuals = e, {}, None
         if not all_ranks_agree(error is None):
-            last = self.work_dir / "latest.pth"
-            where = f"; the last good checkpoint is {last}" if last.exists() else ""
-            raise UserError(f"{error or 'a non-finite loss on another rank'}{where}; lower optim.lr or check the "
-                            f"data (train.amp=bf16 is more robust than fp16)")
+            raise self._diverged(it + 1, str(error or "a non-finite loss on another rank"))
         if self.ctx.enabled:
             allreduce_gradients(params, self.ctx.world_size)
         if self.scaler is not None:
@@ -252,9 +269,38 @@ class Trainer:
                     self.writer.add_scalar(f"val_iou/{name}", v, done)
         tqdm.write(f"[iter {done}] target val mIoU {result['mIoU']:.2f}")
 
+    def _diverged(self, iteration: int, reason: str) -> UserError:
+        """The divergence error, pointing at the checkpoints that were checked finite when saved (`_save`) and
+        saying which one to go back to: the latest one is suspect when the very next iteration diverged."""
+        latest, previous = self.saved_at.get("latest.pth"), self.saved_at.get("previous.pth")
+        resume = (f"mfmseg train {self.work_dir / 'config.yaml'} train.resume=true "
+                  f"optim.lr={self.cfg.optim.lr / 10:g}")
+        if latest is None:
+            advice = "no checkpoint was saved before it: lower optim.lr and start again"
+        elif latest < iteration - 1 or previous is None:
+            advice = f"{self.work_dir / 'latest.pth'} (iteration {latest}) was checked finite: {resume}"
+        else:
+            advice = (f"the last checkpoint (iteration {latest}) may already hold the start of it; "
+                      f"{self.work_dir / 'previous.pth'} (iteration {previous}) was checked finite: copy it over "
+                      f"latest.pth, then {resume}")
+        return UserError(f"training diverged: {reason}; {advice} (or check the data; train.amp=bf16 is more "
+                         f"robust than fp16)")
+
     def _save(self, done: int) -> None:
+        """Save latest.pth after checking the state is finite and sane, keeping the one before as previous.pth."""
+        if self.saved_at.get("latest.pth") == done:
+            return
+        modules = {"student": self.student, "teacher": getattr(self.step, "teacher", None),
+                   "rebuilder": getattr(self.step, "rebuilder", None)}
+        problem = state_health(modules, self.optimizer)  # on every rank: they hold the same weights, all raise
+        if problem is not None:
+            raise self._diverged(done, f"{problem} after iteration {done}")
+        if self.saved_at.get("latest.pth") is not None:
+            self.saved_at["previous.pth"] = self.saved_at["latest.pth"]
+        self.saved_at["latest.pth"] = done
         if not self.ctx.is_main:
             return
+        keep_previous(self.work_dir / "latest.pth", self.work_dir / "previous.pth")
         step_state = self.step.state_dict()
         atomic_torch_save({
             "format": TRAIN_FORMAT, "config": to_dict(self.cfg), "iteration": done,
@@ -291,11 +337,26 @@ class Trainer:
             shutdown_distributed()
 
 
+def _remove_unfinished(work_dir: Path) -> None:
+    """A work dir that this run created and that holds neither a checkpoint nor a log line would look like a run
+    (config.yaml, an empty TensorBoard folder) but is none: remove it, on the main process only."""
+    if os.environ.get("RANK", "0") != "0" or not work_dir.is_dir():
+        return
+    if not any((work_dir / name).exists() for name in ("latest.pth", "metrics.jsonl")):
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
 def train(cfg: Config, stop_after: int | None = None) -> dict:
     """Run (or resume) one training run; returns the summary also written to `work_dir/summary.json`."""
-    trainer = Trainer(cfg)
+    created = not Path(cfg.work_dir).exists()
     try:
-        return trainer.run(stop_after=stop_after)
-    finally:
-        trainer.close()
+        trainer = Trainer(cfg)
+        try:
+            return trainer.run(stop_after=stop_after)
+        finally:
+            trainer.close()
+    except BaseException:
+        if created:
+            _remove_unfinished(Path(cfg.work_dir))
+        raise
 
