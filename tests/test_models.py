@@ -169,3 +169,36 @@ def test_models_cli_json():
                          check=True)
     rows = json.loads(out.stdout)
     assert {r["name"] for r in rows} == set(MODELS) and all(isinstance(r["params"], int) for r in rows)
+
+
+# Recorded on the code before the encoder contract (FeatureInfo, ModelSpec builders) replaced name parsing: the
+# same seed must give the same parameters (same init order), the same state-dict keys (old checkpoints load) and the
+# same logits. Columns: logits sum, logits |sum|, sha256[:16] of [(key, shape)], parameter sum (all float64).
+BEFORE_REFACTOR = {
+    "daformer_mitb0": (35.5209136903286, 201.79355385899544, "e1c816a5c2789905", 3928.7948935825902),
+    "deeplabv2_r18": (0.36677566324942745, 1.18503478137427, "0c58a95fb1696490", 4882.166869881351),
+    "daformer_efflite0": (59.70940684899688, 74.01878377050161, "2a1d4f3d04cb28df", 21300.9542313696),
+    "deeplabv2_efflite0": (2.028471756676531e-07, 8.805138274337043e-07, "549dab88a40c85c1", 21015.903474377228),
+    "deeplabv3plus_r101": (-118.58546349406242, 231.5192973613739, "5de7164b6779cc5b", 59311.83073126274),
+    "daformer_mitb0+hrda": (38.086773596704006, 199.95619099587202, "a5c356a6a12b37d0", 3934.211860394024),
+}
+TINY_HRDA = HRDAConfig(enabled=True, hr_crop=[32, 32], attention_embed_dim=8, detail_stride=[16, 16])
+
+
+@pytest.mark.parametrize("key", list(BEFORE_REFACTOR))
+def test_same_seed_same_model_as_before_the_encoder_contract(key):
+    import hashlib
+
+    name, _, hrda = key.partition("+")
+    small = {} if name.startswith("deeplabv2_") else {"decoder_channels": 16}
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name=name, num_classes=5, hrda=TINY_HRDA if hrda else HRDAConfig(), **small))
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logits = model.eval()(x).double()
+    layout = repr([(k, tuple(v.shape)) for k, v in model.state_dict().items()])
+    total, magnitude, keys, params = BEFORE_REFACTOR[key]
+    assert hashlib.sha256(layout.encode()).hexdigest()[:16] == keys
+    assert sum(p.double().sum().item() for p in model.parameters()) == pytest.approx(params, rel=1e-12)
+    assert logits.sum().item() == pytest.approx(total, rel=1e-5, abs=1e-9)
+    assert logits.abs().sum().item() == pytest.approx(magnitude, rel=1e-5)
