@@ -51,6 +51,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from mfmseg.engine.sweep import run_sweep, summary_table
+
+    results = run_sweep(args.specs, args.seeds, args.out, baseline=args.baseline, jobs=args.jobs, common=args.set)
+    print("\n" + summary_table(results) + f"\n\nresults: {args.out}/results.md (.json, .png)")
+    if results["failed"]:
+        print(f"{len(results['failed'])} run(s) failed (logs above); the same command retries them", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _parse_size(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
@@ -222,6 +233,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=None, help="training iterations per method (default: preset)")
     p.add_argument("--fresh", action="store_true", help="retrain runs that already finished in --out")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("sweep", help="configs × seeds, resumable: mean ± std per config, seed-paired differences",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  mfmseg sweep synthetic_dacs \"mfm=synthetic_dacs_mfm uda.mfm.weight=0.5\" "
+                              "--seeds 0 1 2 \\\n      --baseline synthetic_dacs --out sweeps/a "
+                              "--set train.max_iters=200 --jobs 2\n"
+                              "  (the same command again continues a killed sweep; runs: OUT/runs/<label>/seed<S>)")
+    p.add_argument("specs", nargs="+", metavar="SPEC",
+                   help="'[LABEL=]PRESET_OR_YAML [key=value ...]' as one quoted word; LABEL defaults to its stem")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="default: 0 1 2")
+    p.add_argument("--baseline", default=None, metavar="LABEL", help="report paired differences to this label")
+    p.add_argument("--jobs", type=int, default=1, help="trainings at once, each with cores/N threads")
+    p.add_argument("--out", default="sweep_out", help="runs/, results.md, results.json, results.png")
+    p.add_argument("--set", action="append", default=[], metavar="key=value",
+                   help="an override for every run (data roots, iterations); repeatable")
+    p.set_defaults(func=_cmd_sweep)
     return parser
 
 
