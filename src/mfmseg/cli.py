@@ -47,7 +47,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from mfmseg.engine.demo import run_demo
 
-    run_demo(out=args.out, seed=args.seed, iters=args.iters, fresh=args.fresh)
+    run_demo(out=args.out, seeds=tuple(args.seeds), iters=args.iters, fresh=args.fresh, jobs=args.jobs,
+             data=args.data)
     return 0
 
 
@@ -226,11 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("demo", help="synthetic benchmark: source-only vs DACS vs DACS+MFM on the CPU (~10 min)",
-                       epilog="example: mfmseg demo --out demo_out")
+    p = sub.add_parser("demo", help="synthetic benchmark from ImageNet weights: source-only vs DACS vs DACS+MFM "
+                                    "on the CPU (~10 min)",
+                       epilog="example: mfmseg demo --out demo_out --seeds 0 1 2")
     p.add_argument("--out", default="demo_out", help="output folder (data, runs, report.md)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="seeds to pair (default: 0; `--seeds 0 1 2` for a seed-paired comparison)")
     p.add_argument("--iters", type=int, default=None, help="training iterations per method (default: preset)")
+    p.add_argument("--jobs", type=int, default=1, help="trainings at once, each with cores/N threads")
+    p.add_argument("--data", default=None, help="an existing prepared benchmark (default: OUT/data, written once)")
     p.add_argument("--fresh", action="store_true", help="retrain runs that already finished in --out")
     p.set_defaults(func=_cmd_demo)
 
