@@ -12,7 +12,8 @@ from PIL import Image
 from mfmseg.config import ModelConfig
 from mfmseg.data.transforms import normalize
 from mfmseg.errors import UserError
-from mfmseg.models.efficientnet_lite import EfficientNetLite, FeatureInfo, SameConv2d, packaged_weights
+from mfmseg.models.efficientnet_lite import EfficientNetLite, SameConv2d, packaged_weights
+from mfmseg.models.encoder import FeatureInfo
 from mfmseg.models.weights import load_strict, read_state_dict
 from mfmseg.models.zoo import build_model, count_params, describe_models
 

@@ -15,7 +15,7 @@ from mfmseg.engine.export import export_model, load_inference_model
 from mfmseg.engine.optim import param_groups
 from mfmseg.errors import UserError
 from mfmseg.models.hrda import HRDALogits, HRDASegmentor, MultiResFeatures, draw_box, window_starts
-from mfmseg.models.weights import load_released_checkpoint
+from mfmseg.models.released import load_released_checkpoint
 from mfmseg.models.zoo import build_model
 from mfmseg.uda.losses import segmentation_loss
 from mfmseg.uda.step import UDAStep

@@ -202,3 +202,41 @@ def test_same_seed_same_model_as_before_the_encoder_contract(key):
     assert sum(p.double().sum().item() for p in model.parameters()) == pytest.approx(params, rel=1e-12)
     assert logits.sum().item() == pytest.approx(total, rel=1e-5, abs=1e-9)
     assert logits.abs().sum().item() == pytest.approx(magnitude, rel=1e-5)
+
+
+def test_every_zoo_encoder_keeps_the_encoder_contract():
+    """Heads, the Segmentor, HRDA and the Rebuilder read channels and strides from `feature_info` only."""
+    from mfmseg.models.encoder import Encoder, FeatureInfo
+    from mfmseg.models.mit import MiT
+    from mfmseg.models.resnet import ResNetV1c
+
+    for name, spec in MODELS.items():
+        with torch.device("meta"):
+            encoder = spec.encoder()
+        assert isinstance(encoder, Encoder), name
+        assert all(isinstance(f, FeatureInfo) for f in encoder.feature_info), name
+    with torch.device("meta"):
+        r50, b0 = ResNetV1c(50, out_indices=(0, 1, 2, 3)), MiT("b0")
+    assert [(f.channels, f.stride) for f in r50.feature_info] == [(256, 4), (512, 8), (1024, 8), (2048, 8)]
+    assert [(f.channels, f.stride) for f in b0.feature_info] == [(32, 4), (64, 8), (160, 16), (256, 32)]
+    assert (r50.size_multiple, b0.size_multiple) == (8, 32)
+
+
+def test_no_hidden_imports_in_models_and_weights_is_a_leaf():
+    """The zoo <-> weights cycle was hidden inside functions: no function in models/ imports mfmseg, and the file
+    primitives (`models.weights`) import no model."""
+    import ast
+    from pathlib import Path
+
+    import mfmseg.models
+
+    root = Path(mfmseg.models.__file__).parent
+    for path in root.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for fn in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mfmseg"):
+                    raise AssertionError(f"{path.name}: {fn.name} imports {node.module} inside a function")
+    weights = ast.parse((root / "weights.py").read_text())
+    assert not [n.module for n in ast.walk(weights) if isinstance(n, ast.ImportFrom)
+                and (n.module or "").startswith("mfmseg.models")]

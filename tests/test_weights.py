@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from mfmseg.config import ModelConfig
 from mfmseg.errors import UserError
-from mfmseg.models.weights import load_pretrained, load_released_checkpoint
+from mfmseg.models.released import load_released_checkpoint
 from mfmseg.models.zoo import build_model
 
 
@@ -148,8 +148,7 @@ def test_released_deeplabv3plus_checkpoint(tmp_path):
     def make():
         enc = ResNetV1c(18, out_indices=(0, 3))
         head = DeepLabV3PlusHead([64, 512], 5, channels=32, c1_channels=8)
-        return Segmentor(enc, head, num_classes=5, feature_channels=[64, 512], feature_strides=[4, 8],
-                         size_multiple=8)
+        return Segmentor(enc, head, num_classes=5)
 
     def to_mmseg(key):
         key = re.sub(r"^aspp\.branches\.", "aspp_modules.", key)

@@ -18,7 +18,8 @@ from mfmseg.data.labels import CITYSCAPES_PALETTE
 from mfmseg.engine.checkpoint import TRAIN_FORMAT, atomic_torch_save, load_torch_file, require_keys
 from mfmseg.engine.evaluate import class_names
 from mfmseg.errors import UserError
-from mfmseg.models.weights import load_released_checkpoint, load_strict
+from mfmseg.models.released import load_released_checkpoint
+from mfmseg.models.weights import load_strict
 from mfmseg.models.zoo import build_model
 
 MODEL_FORMAT = "mfmseg-model-v1"

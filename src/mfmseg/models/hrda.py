@@ -29,6 +29,7 @@ and the loss, never state kept on a class or module.
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple, Sequence
 
 import torch
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mfmseg.errors import UserError
-from mfmseg.models.heads.daformer import conv_bn_relu, embed_levels
+from mfmseg.models.heads.daformer import conv_bn_relu, embed_levels, mmcv_conv_module
 from mfmseg.models.segmentor import Segmentor
 
 Box = tuple[int, int, int, int]  # (y1, y2, x1, x2) in input pixels, end-exclusive
@@ -57,11 +58,18 @@ class HRDALogits(NamedTuple):
     detail_weight: float  # w in (1 − w)·CE(fused) + w·CE(detail)
 
 
+def scale_attention_from_mmseg(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """HRDA's attention head (a DAFormer head with a `conv` fusion: mmcv ConvModule `fuse_layer.conv/bn`) -> ours."""
+    return {mmcv_conv_module(re.sub(r"^embed_layers\.(\d+)\.proj\.", r"embed_layers.\1.", k)): v
+            for k, v in sd.items()}
+
+
 class ScaleAttentionHead(nn.Module):
     """DAFormer head variant: per-level linear embeddings, concatenated at stride 4, a 1×1 conv + BN + ReLU fusion,
     Dropout2d and a class-wise 1×1 classifier. Returns raw scores; the sigmoid is applied by `HRDASegmentor`."""
 
     output_stride = 4
+    convert_state_dict = staticmethod(scale_attention_from_mmseg)  # released HRDA/MIC checkpoints
 
     def __init__(self, in_channels: Sequence[int], num_classes: int, channels: int = 256,
                  dropout: float = 0.1) -> None:
@@ -103,10 +111,8 @@ class HRDASegmentor(Segmentor):
     def __init__(self, base: Segmentor, *, hr_crop: Sequence[int] = (512, 512), attention_embed_dim: int = 256,
                  hr_loss_weight: float = 0.1, detail_stride: Sequence[int] = (256, 256),
                  crop_divisible: int = 8) -> None:
-        # inputs must halve to the encoder's multiple: the context scale sees them at 0.5
-        super().__init__(base.encoder, base.decode_head, num_classes=base.num_classes,
-                         feature_channels=base.feature_channels, feature_strides=base.feature_strides,
-                         size_multiple=2 * base.size_multiple)
+        super().__init__(base.encoder, base.decode_head, num_classes=base.num_classes)
+        self.size_multiple = 2 * base.size_multiple  # inputs must halve to the encoder's: the context sees 0.5
         self.scale_attention = ScaleAttentionHead(base.feature_channels, base.num_classes, attention_embed_dim)
         self.hr_crop = (int(hr_crop[0]), int(hr_crop[1]))
         self.detail_stride = (int(detail_stride[0]), int(detail_stride[1]))

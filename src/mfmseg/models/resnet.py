@@ -5,8 +5,12 @@ mmseg's `contract_dilation` (the first block of a dilated stage uses half the di
 
 from __future__ import annotations
 
+import math
+
 import torch.utils.checkpoint as cp
 from torch import Tensor, nn
+
+from mfmseg.models.encoder import FeatureInfo, load_imagenet_file
 
 DEPTHS = {18: ("basic", (2, 2, 2, 2)), 50: ("bottleneck", (3, 4, 6, 3)), 101: ("bottleneck", (3, 4, 23, 3))}
 
@@ -59,7 +63,8 @@ class Bottleneck(nn.Module):
 
 
 class ResNetV1c(nn.Module):
-    """Returns the stages in `out_indices` (0 = layer1): [layer4] for DeepLab-V2, [layer1, layer4] for V3+."""
+    """Returns the stages in `out_indices` (0 = layer1): [layer4] for DeepLab-V2, [layer1, layer4] for V3+.
+    The `models.encoder.Encoder` contract: with the dilated layout the stages are at strides 4/8/8/8."""
 
     def __init__(self, depth: int = 101, strides=(1, 2, 1, 1), dilations=(1, 1, 2, 4),
                  out_indices: tuple[int, ...] = (3,)) -> None:
@@ -79,8 +84,10 @@ class ResNetV1c(nn.Module):
             planes = 64 * 2**i
             layer, cin = self._make_layer(block, cin, planes, n, stride, dilation)
             self.add_module(f"layer{i + 1}", layer)
-        self.stage_channels = [64 * 2**i * block.expansion for i in range(4)]
-        self.out_channels = cin
+        self.name = f"resnet{depth}"
+        stage_strides = [4 * math.prod(strides[:i + 1]) for i in range(4)]  # the stem and max-pool downsample by 4
+        self.feature_info = [FeatureInfo(64 * 2**i * block.expansion, stage_strides[i]) for i in self.out_indices]
+        self.size_multiple = stage_strides[-1]
         self.grad_checkpointing = False
 
     @staticmethod
@@ -96,6 +103,14 @@ class ResNetV1c(nn.Module):
 
     def set_grad_checkpointing(self, enabled: bool) -> None:
         self.grad_checkpointing = enabled
+
+    def convert_state_dict(self, sd: dict[str, Tensor]) -> dict[str, Tensor]:
+        """mmcv's `resnet*_v1c` files use our names already; their ImageNet classifier `fc.*` is dropped."""
+        return {k: v for k, v in sd.items() if not k.startswith("fc.")}
+
+    def load_imagenet(self, source: str) -> None:
+        """mmcv's `resnet{18,50,101}_v1c` ImageNet checkpoint (or any file with these keys)."""
+        load_imagenet_file(self, source)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         x = self.maxpool(self.stem(x))

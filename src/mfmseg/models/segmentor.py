@@ -12,19 +12,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mfmseg.errors import UserError
+from mfmseg.models.encoder import Encoder
 
 
 class Segmentor(nn.Module):
-    def __init__(self, encoder: nn.Module, decode_head: nn.Module, *, num_classes: int,
-                 feature_channels: list[int], feature_strides: list[int], size_multiple: int) -> None:
+    """`feature_channels`, `feature_strides` and `size_multiple` are read from the encoder (`models.encoder`):
+    the UDA step, the MFM Rebuilder and HRDA size themselves from these attributes."""
+
+    def __init__(self, encoder: Encoder, decode_head: nn.Module, *, num_classes: int) -> None:
         super().__init__()
         self.encoder = encoder
         self.decode_head = decode_head
         self.num_classes = num_classes
-        self.feature_channels = list(feature_channels)
-        self.feature_strides = list(feature_strides)
+        self.feature_channels = [f.channels for f in encoder.feature_info]
+        self.feature_strides = [f.stride for f in encoder.feature_info]
         self.output_stride = int(decode_head.output_stride)
-        self.size_multiple = size_multiple
+        self.size_multiple = int(encoder.size_multiple)
 
     def _check_input(self, x: Tensor) -> None:
         if not torch.is_tensor(x) or x.dim() != 4 or not x.is_floating_point():

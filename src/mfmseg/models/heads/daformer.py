@@ -7,6 +7,8 @@ and pointwise parts, a 3×3 bottleneck 1024→256 (+BN+ReLU), Dropout2d(0.1) and
 
 from __future__ import annotations
 
+import re
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -48,8 +50,35 @@ class SeparableASPP(nn.Module):
         return self.bottleneck(torch.cat([*(extra or []), *(b(x) for b in self.branches)], dim=1))
 
 
+def mmcv_conv_module(key: str) -> str:
+    """mmcv ConvModule (`conv`, `bn`) / DepthwiseSeparableConvModule (`depthwise_conv`, `pointwise_conv`) names ->
+    our nn.Sequential indices (conv 0, bn 1; depthwise 0, pointwise 1)."""
+    key = key.replace(".depthwise_conv.", ".0.").replace(".pointwise_conv.", ".1.")
+    key = re.sub(r"\.conv\.(weight|bias)$", r".0.\1", key)
+    return re.sub(r"\.bn\.(weight|bias|running_mean|running_var|num_batches_tracked)$", r".1.\1", key)
+
+
+def daformer_head_from_mmseg(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """lhoyer/DAFormer head keys (ConvModule conv/bn, DepthwiseSeparableConvModule) -> ours."""
+    out = {}
+    for key, value in sd.items():
+        k = re.sub(r"^embed_layers\.(\d+)\.proj\.", r"embed_layers.\1.", key)
+        k = re.sub(r"^fuse_layer\.aspp_modules\.0\.conv\.", "fuse_layer.branches.0.0.", k)
+        k = re.sub(r"^fuse_layer\.aspp_modules\.0\.bn\.", "fuse_layer.branches.0.1.", k)
+        k = re.sub(r"^fuse_layer\.aspp_modules\.(\d+)\.depthwise_conv\.conv\.", r"fuse_layer.branches.\1.0.0.", k)
+        k = re.sub(r"^fuse_layer\.aspp_modules\.(\d+)\.depthwise_conv\.bn\.", r"fuse_layer.branches.\1.0.1.", k)
+        k = re.sub(r"^fuse_layer\.aspp_modules\.(\d+)\.pointwise_conv\.conv\.", r"fuse_layer.branches.\1.1.0.", k)
+        k = re.sub(r"^fuse_layer\.aspp_modules\.(\d+)\.pointwise_conv\.bn\.", r"fuse_layer.branches.\1.1.1.", k)
+        k = re.sub(r"^fuse_layer\.bottleneck\.conv\.", "fuse_layer.bottleneck.0.", k)
+        k = re.sub(r"^fuse_layer\.bottleneck\.bn\.", "fuse_layer.bottleneck.1.", k)
+        out[k] = value
+    return out
+
+
 class DAFormerHead(nn.Module):
+    name = "daformer"  # shown by `mfmseg models`
     output_stride = 4
+    convert_state_dict = staticmethod(daformer_head_from_mmseg)  # released DAFormer/HRDA/MIC checkpoints
 
     def __init__(self, in_channels: list[int], num_classes: int, channels: int = 256, dropout: float = 0.1) -> None:
         super().__init__()

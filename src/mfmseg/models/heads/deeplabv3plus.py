@@ -7,19 +7,34 @@ two depthwise-separable 3×3 convs; Dropout2d(0.1) and a 1×1 classifier. Logits
 
 from __future__ import annotations
 
+import re
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mfmseg.models.heads.daformer import SeparableASPP, conv_bn_relu
+from mfmseg.models.heads.daformer import SeparableASPP, conv_bn_relu, mmcv_conv_module
 
 
 def separable_conv(cin: int, cout: int, dilation: int = 1) -> nn.Sequential:
     return nn.Sequential(conv_bn_relu(cin, cin, 3, dilation, groups=cin), conv_bn_relu(cin, cout, 1))
 
 
+def dlv3plus_head_from_mmseg(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """mmseg `DepthwiseSeparableASPPHead` keys (image_pool.1, aspp_modules, bottleneck, c1_bottleneck,
+    sep_bottleneck, conv_seg) -> ours (the ASPP branches and bottleneck live in `aspp`)."""
+    out = {}
+    for key, value in sd.items():
+        key = re.sub(r"^aspp_modules\.", "aspp.branches.", key)
+        key = re.sub(r"^bottleneck\.", "aspp.bottleneck.", key)
+        out[mmcv_conv_module(key)] = value
+    return out
+
+
 class DeepLabV3PlusHead(nn.Module):
+    name = "deeplabv3plus"  # shown by `mfmseg models`
     output_stride = 4
+    convert_state_dict = staticmethod(dlv3plus_head_from_mmseg)  # mmseg's DeepLab-V3+ checkpoints
 
     def __init__(self, in_channels: list[int], num_classes: int, channels: int = 512, c1_channels: int = 48,
                  dilations=(1, 12, 24, 36), dropout: float = 0.1) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from mfmseg.models.heads.daformer import conv_bn_relu, embed_levels
+from mfmseg.models.heads.daformer import conv_bn_relu, daformer_head_from_mmseg, embed_levels
 
 
 class SegFormerHead(nn.Module):
+    name = "segformer"  # shown by `mfmseg models`
     output_stride = 4
+    convert_state_dict = staticmethod(daformer_head_from_mmseg)  # the embeddings are renamed as DAFormer's
 
     def __init__(self, in_channels: list[int], num_classes: int, channels: int = 768, dropout: float = 0.1) -> None:
         super().__init__()
