@@ -123,7 +123,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         cfg.data.val.root = args.data
     if args.mode:
         cfg.eval.mode = args.mode
-    result = evaluate(model, build_dataset(cfg.data.val, "val"), cfg.eval, device=device)
+    dataset = build_dataset(cfg.data.val, "val", num_classes=cfg.model.num_classes)
+    result = evaluate(model, dataset, cfg.eval, device=device)
     print(format_table(result))
     if args.json:
         atomic_write_text(args.json, json.dumps(json_safe(result), indent=2))
@@ -132,7 +133,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from mfmseg.engine.predict import predict_images
+    from mfmseg.files import check_output_dir
 
+    check_output_dir(args.out, "--out")
     model, cfg, device = _load_model(args)
     written = predict_images(model, cfg, args.inputs, args.out, args.format, device)
     print(f"wrote {len(written)} predictions to {args.out}")

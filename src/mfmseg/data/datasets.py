@@ -10,37 +10,66 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from mfmseg.config import DatasetConfig
+from mfmseg.data.labels import IGNORE_INDEX
 from mfmseg.data.layouts import LAYOUTS
 from mfmseg.data.transforms import normalize, random_crop, resize
 from mfmseg.errors import UserError
 
 
-def read_image(path: Path) -> Image.Image:
+# Modes whose conversion to 8-bit RGB is exact; 16-bit and float images would be clipped (a 16-bit grey image
+# turns white), so they are refused rather than silently corrupted.
+IMAGE_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+# A train-id label is one integer per pixel: 8-bit, or 16-bit as long as the values fit 0..255.
+TRAIN_ID_MODES = {"L", "P", "I", "I;16", "I;16L", "I;16B"}
+
+
+def _open(path: Path, what: str) -> Image.Image:
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
+        img = Image.open(path)
+        img.load()
+        return img
     except Exception as e:
-        raise UserError(f"cannot read image {path}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"cannot read {what} {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
+            from None
+
+
+def read_image(path: Path) -> Image.Image:
+    """8-bit RGB; other depths are an error that names the file."""
+    with _open(path, "image") as img:
+        if img.mode not in IMAGE_MODES:
+            raise UserError(f"image {path} has mode {img.mode} (16-bit or float): mfmseg reads 8-bit RGB or "
+                            f"greyscale images; convert it to 8 bits per channel first")
+        return img.convert("RGB")
 
 
 def read_train_ids(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            arr = np.asarray(img)
-    except Exception as e:
-        raise UserError(f"cannot read label {path}: {str(e).splitlines()[0]}") from None
-    if arr.ndim != 2:
-        raise UserError(f"label {path} must be a single-channel train-id PNG, got shape {arr.shape}")
+    """A single-channel train-id map; a colour image or values beyond 255 are an error, never truncated."""
+    with _open(path, "label") as img:
+        mode, arr = img.mode, np.asarray(img)
+    if mode not in TRAIN_ID_MODES or arr.ndim != 2:
+        raise UserError(f"label {path} must be a single-channel train-id PNG (mode L), got mode {mode} with shape "
+                        f"{arr.shape}: run `mfmseg prepare` on the dataset's original labels")
+    if arr.dtype != np.uint8 and arr.size and int(arr.max()) > 255:
+        raise UserError(f"label {path} holds values up to {int(arr.max())}: train ids are 0..254 and 255 (ignore)")
     return arr.astype(np.uint8)
+
+
+def check_train_ids(label: np.ndarray, path: Path, num_classes: int) -> None:
+    """Ids between num_classes and 254 would index past the classifier (an IndexError in the loss, naming no
+    file) or be silently ignored by the evaluation."""
+    bad = np.unique(label[(label >= num_classes) & (label != IGNORE_INDEX)])
+    if bad.size:
+        raise UserError(f"label {path} holds train ids {bad[:5].tolist()} but the model has {num_classes} classes "
+                        f"(valid: 0..{num_classes - 1} and 255 = ignore): check the dataset's class map")
 
 
 class SegmentationDataset(Dataset):
     """(image, train-id label) pairs of one split of one layout."""
 
-    def __init__(self, cfg: DatasetConfig, mode: str, cat_max_ratio: float = 1.0) -> None:
+    def __init__(self, cfg: DatasetConfig, mode: str, cat_max_ratio: float = 1.0, num_classes: int = 255) -> None:
         if cfg.kind not in LAYOUTS:
             raise UserError(f"unknown dataset kind '{cfg.kind}'")
-        self.cfg, self.mode, self.cat_max_ratio = cfg, mode, cat_max_ratio
+        self.cfg, self.mode, self.cat_max_ratio, self.num_classes = cfg, mode, cat_max_ratio, num_classes
         self.root = Path(cfg.root)
         self.pairs = LAYOUTS[cfg.kind].find_pairs(self.root, cfg.split, need_train_ids=True)
         if mode == "val" and any(label is None for _, label in self.pairs):
@@ -61,6 +90,8 @@ class SegmentationDataset(Dataset):
         if label is not None and label.shape != (img.height, img.width):
             raise UserError(f"label {label_path} is {label.shape[1]}×{label.shape[0]} but image {img_path} is "
                             f"{img.width}×{img.height}")
+        if label is not None:
+            check_train_ids(label, label_path, self.num_classes)
         return img, label
 
     def train_sample(self, index: int, rng: np.random.Generator) -> dict:
@@ -83,9 +114,11 @@ class SegmentationDataset(Dataset):
                 "name": self.name(index)}
 
 
-def build_dataset(cfg: DatasetConfig, mode: str, cat_max_ratio: float = 1.0) -> SegmentationDataset:
+def build_dataset(cfg: DatasetConfig, mode: str, cat_max_ratio: float = 1.0,
+                  num_classes: int = 255) -> SegmentationDataset:
+    """`num_classes`: label ids from it to 254 are an error naming the file (255 = no check)."""
     if mode not in ("train", "val"):
         raise ValueError(f"mode must be train or val, got {mode}")
     if not cfg.root:
         raise UserError(f"no root set for the {cfg.kind} dataset: set data.*.root")
-    return SegmentationDataset(cfg, mode, cat_max_ratio)
+    return SegmentationDataset(cfg, mode, cat_max_ratio, num_classes)

@@ -12,18 +12,22 @@ from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from mfmseg.data.layouts import LAYOUTS, Layout, load_class_map
+from mfmseg.data.parallel import map_jobs
 from mfmseg.data.labels import IGNORE_INDEX
 from mfmseg.errors import UserError
 from mfmseg.files import atomic_write, atomic_write_text
+
+
+# One integer id per pixel: 8-bit grey, palette (GTA5: the index is the id) or 16-bit grey. A colour (RGB) label
+# would otherwise be read as its red channel: empty statistics and all-ignore training labels.
+LABEL_ID_MODES = {"1", "L", "P", "I", "I;16", "I;16L", "I;16B"}
 
 
 def read_label_ids(path: Path, kind: str) -> np.ndarray:
@@ -35,11 +39,12 @@ def read_label_ids(path: Path, kind: str) -> np.ndarray:
         return raw[:, :, 2].astype(np.int64) if raw.ndim == 3 else raw.astype(np.int64)
     try:
         with Image.open(path) as img:
-            arr = np.asarray(img)
+            mode, arr = img.mode, np.asarray(img)
     except Exception as e:
         raise UserError(f"cannot read label {path}: {e}") from None
-    if arr.ndim == 3:
-        arr = arr[:, :, 0]
+    if mode not in LABEL_ID_MODES or arr.ndim != 2:
+        raise UserError(f"label {path} is a {mode} image: {kind} labels must hold one class id per pixel (a "
+                        f"single-channel 8/16-bit or palette PNG); convert colour-coded labels to ids first")
     return arr.astype(np.int64)
 
 
@@ -82,11 +87,7 @@ def prepare_dataset(kind: str, root: str | os.PathLike, nproc: int = 4, class_ma
             stats_split.append(split == layout.stats_split)
     if not jobs:
         raise UserError(f"no label files found under {root} for a {kind} dataset")
-    if nproc > 1 and len(jobs) > 16:
-        with ProcessPoolExecutor(nproc) as pool:
-            results = list(tqdm(pool.map(_convert, jobs, chunksize=8), total=len(jobs), desc=f"prepare {kind}"))
-    else:
-        results = [_convert(j) for j in tqdm(jobs, desc=f"prepare {kind}", disable=len(jobs) < 16)]
+    results = map_jobs(_convert, jobs, nproc if len(jobs) > 16 else 1, desc=f"prepare {kind}")
     train_stats = [r for r, keep in zip(results, stats_split) if keep]
     by_file = {s["file"]: {k: v for k, v in s.items() if k != "file"} for s in train_stats}
     with_class: dict[str, list] = {}

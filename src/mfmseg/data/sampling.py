@@ -101,10 +101,10 @@ class UDAStream(IterableDataset):
 
 
 def build_uda_loader(cfg: DataConfig, seed: int, rank: int = 0, world_size: int = 1,
-                     start_iter: int = 0) -> Iterator[dict]:
+                     start_iter: int = 0, num_classes: int = 255) -> Iterator[dict]:
     """An endless iterator of UDA batches, deterministic under (seed, rank) whatever the number of workers."""
-    source = build_dataset(cfg.source, "train", cat_max_ratio=cfg.cat_max_ratio)
-    target = build_dataset(cfg.target, "train")
+    source = build_dataset(cfg.source, "train", cat_max_ratio=cfg.cat_max_ratio, num_classes=num_classes)
+    target = build_dataset(cfg.target, "train", num_classes=num_classes)
     rcs = RareClassSampler(Path(cfg.source.root), cfg.rcs, source) if cfg.rcs.enabled else None
     stream = UDAStream(source, target, rcs, cfg.batch_size, seed, rank, start_iter)
     if cfg.num_workers <= 0:

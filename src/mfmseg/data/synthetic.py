@@ -17,15 +17,14 @@ is what adaptation can exploit. Each image depends only on (seed, domain, index)
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
-from tqdm import tqdm
 
 from mfmseg.data.labels import CITYSCAPES_PALETTE, TRAIN_ID_TO_CITYSCAPES_ID
+from mfmseg.data.parallel import map_jobs
 from mfmseg.errors import UserError
 from mfmseg.files import atomic_write, check_output_dir
 
@@ -261,10 +260,5 @@ def write_benchmark(out: str | os.PathLike, seed: int = 0, num_source: int = 400
     jobs = [(out, seed, "source", "train", i, size) for i in range(num_source)]
     jobs += [(out, seed, "target", "train", i, size) for i in range(num_target)]
     jobs += [(out, seed, "target", "val", i, size) for i in range(num_val)]
-    if nproc > 1 and len(jobs) > 32:
-        with ProcessPoolExecutor(nproc) as pool:
-            list(tqdm(pool.map(_write_one, jobs, chunksize=16), total=len(jobs), desc="synth", unit="img"))
-    else:
-        for job in tqdm(jobs, desc="synth", unit="img", disable=len(jobs) < 32):
-            _write_one(job)
+    map_jobs(_write_one, jobs, nproc if len(jobs) > 32 else 1, desc="synth", unit="img", chunksize=16)
     return out

@@ -42,6 +42,26 @@ def collect_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
     return found
 
 
+def output_names(found: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
+    """(image, output path relative to --out): `x.jpg` and `x.png` would both become `x.png` and overwrite each
+    other, so colliding names keep their suffix (`x_jpg.png`, `x_png.png`); the same file given twice counts once."""
+    unique = list({path.resolve(): (path, rel) for path, rel in found}.values())
+    plain = [rel.with_suffix(".png") for _, rel in unique]
+    counts: dict[Path, int] = {}
+    for out in plain:
+        counts[out] = counts.get(out, 0) + 1
+    result, taken = [], {}
+    for (path, rel), out in zip(unique, plain):
+        if counts[out] > 1:
+            out = rel.with_name(f"{rel.stem}_{rel.suffix.lstrip('.').lower()}.png")
+        if out in taken:
+            raise UserError(f"inputs {taken[out]} and {path} would both be written to {out}: predict them "
+                            f"into separate --out folders")
+        taken[out] = path
+        result.append((path, out))
+    return result
+
+
 def render(pred: np.ndarray, image: Image.Image, fmt: str) -> Image.Image:
     if fmt == "trainid":
         return Image.fromarray(pred.astype(np.uint8), mode="L")
@@ -61,7 +81,7 @@ def predict_images(model: torch.nn.Module, cfg: Config, inputs: list[str], out_d
         raise UserError(f"--format {fmt} is not one of {', '.join(FORMATS)}")
     out_dir = check_output_dir(out_dir)
     written = []
-    for path, rel in tqdm(collect_inputs(inputs), desc="predict", unit="img"):
+    for path, rel in tqdm(output_names(collect_inputs(inputs)), desc="predict", unit="img"):
         image = read_image(path)
         size = target_size(image.width, image.height, cfg.data.val.resize, cfg.data.val.keep_ratio)
         x = normalize(np.asarray(image.resize(size, Image.BILINEAR)))[None].to(device)
@@ -69,7 +89,7 @@ def predict_images(model: torch.nn.Module, cfg: Config, inputs: list[str], out_d
         mode = "slide" if cfg.eval.mode == "slide" or size[1] > 2 * window[0] or size[0] > 2 * window[1] else "whole"
         logits = infer(model, x, (image.height, image.width), mode, window, cfg.eval.stride, cfg.eval.batch_size)
         pred = logits.argmax(1)[0].cpu().numpy()
-        target = out_dir / rel.with_suffix(".png")
+        target = out_dir / rel
         atomic_write(target, render(pred, image, fmt).save)
         written.append(target)
     return written

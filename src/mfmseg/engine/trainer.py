@@ -121,8 +121,8 @@ class Trainer:
         self.saved_at: dict[str, int] = {"latest.pth": self.start_iter} if resume_from is not None else {}
         if self.ctx.enabled:
             broadcast_state([self.student, getattr(self.step, "teacher", None), rebuilder])
-        self.val_set = build_dataset(cfg.data.val, "val") if self.ctx.is_main and cfg.train.eval_interval >= 0 \
-            else None
+        self.val_set = (build_dataset(cfg.data.val, "val", num_classes=cfg.model.num_classes)
+                        if self.ctx.is_main and cfg.train.eval_interval >= 0 else None)
         self._write_run_files()
         self.writer = self._tensorboard() if self.ctx.is_main else None
         self.last_eval: dict | None = None
@@ -180,7 +180,8 @@ class Trainer:
         """Train to `train.max_iters` (or stop after iteration `stop_after`, as a killed run would)."""
         cfg, tc = self.cfg, self.cfg.train
         loader: Iterator[dict] = build_uda_loader(cfg.data, seed=cfg.seed, rank=self.ctx.rank,
-                                                  world_size=self.ctx.world_size, start_iter=self.start_iter)
+                                                  world_size=self.ctx.world_size, start_iter=self.start_iter,
+                                                  num_classes=cfg.model.num_classes)
         params = list(self.student.parameters()) + list(getattr(self.step, "rebuilder_parameters", list)())
         bar = tqdm(total=tc.max_iters, initial=self.start_iter, disable=not self.ctx.is_main,
                    desc=Path(cfg.work_dir).name, dynamic_ncols=True)
