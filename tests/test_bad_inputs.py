@@ -1,0 +1,377 @@
+"""Bad inputs and faults, as a user meets them: one table of cases driven by one parametrised test.
+
+Each case is a command line, the exit status it must end with, a word its message must contain, and optionally a
+setup (the bad file) and a check (what must, or must not, be left on disk). Every case also asserts that no
+traceback reaches the user and that no temporary file is left behind. Cases run in-process through
+`mfmseg.cli.main` (fast); those that need a real process of their own (a tmpfs mount) run as a subprocess.
+Cases that train are marked slow. Faults that need signals (kill -9 during training, an interrupted `prepare`)
+are the two tests at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mfmseg.cli import main
+from mfmseg.config import load_config, to_dict
+from mfmseg.engine.checkpoint import TRAIN_FORMAT, load_train_checkpoint
+from mfmseg.engine.export import MODEL_FORMAT
+from mfmseg.models.zoo import build_model
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+
+
+@dataclass
+class Ctx:
+    """What a case's argv, setup and check see: its own tmp folder, a private copy of the tiny benchmark, a model."""
+    tmp: Path
+    bench: Path
+    model: Path
+
+    def train(self, wd: str, *extra: str) -> list[str]:
+        return ["train", "synthetic_dacs", *tiny(self.bench, self.tmp / wd, *extra)]
+
+
+def tiny(bench: Path, wd: Path, *extra: str) -> list[str]:
+    return [f"work_dir={wd}", f"data.source.root={bench / 'gta'}", f"data.target.root={bench / 'cityscapes'}",
+            f"data.val.root={bench / 'cityscapes'}", "data.source.resize=[128,64]", "data.target.resize=[128,64]",
+            "data.val.resize=[128,64]", "data.source.crop=[64,64]", "data.target.crop=[64,64]",
+            "data.num_workers=0", "data.rcs.min_pixels=10", "train.max_iters=2", "train.eval_interval=2",
+            "train.checkpoint_interval=2", "train.log_interval=1", "train.panel_interval=0", *extra]
+
+
+@dataclass
+class Case:
+    id: str
+    argv: Callable[[Ctx], list[str]]
+    code: int
+    word: str
+    setup: Callable[[Ctx], None] | None = None
+    check: Callable[[Ctx], None] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    traceback: bool = False  # MFMSEG_DEBUG=1 asks for it
+    subprocess: bool = False
+    slow: bool = False
+
+
+# ---- setups and checks --------------------------------------------------------------------------------------------
+def _write(name: str, data: bytes) -> Callable[[Ctx], None]:
+    return lambda c: (c.tmp / name).write_bytes(data)
+
+
+def _pickled_code(c: Ctx) -> None:
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("true",))
+    torch.save({"x": Evil()}, c.tmp / "evil.pth")
+
+
+def _no_dir(name: str) -> Callable[[Ctx], None]:
+    def check(c: Ctx) -> None:
+        assert not (c.tmp / name).exists(), f"{name} was created"
+    return check
+
+
+def _first_label(c: Ctx, kind: str = "gta") -> Path:
+    return sorted((c.bench / kind).rglob("*_labelTrainIds.png"))[0]
+
+
+def _shrink_target_label(c: Ctx) -> None:
+    path = _first_label(c, "cityscapes")
+    Image.open(path).resize((32, 16), Image.NEAREST).save(path)
+    for p in (c.bench / "cityscapes").rglob("*_labelTrainIds.png"):  # every draw hits a mismatching label
+        if p != path:
+            shutil.copyfile(path, p)
+
+
+def _train_id_100(c: Ctx) -> None:
+    for path in (c.bench / "gta").rglob("*_labelTrainIds.png"):
+        arr = np.asarray(Image.open(path)).copy()
+        arr[:4, :4] = 100
+        Image.fromarray(arr).save(path)
+
+
+def _rgb_label(c: Ctx) -> None:
+    path = sorted((c.bench / "gta" / "labels").glob("*.png"))[0]
+    Image.open(path).convert("RGB").save(path)
+    for p in (c.bench / "gta").rglob("*_labelTrainIds.png"):
+        p.unlink()
+
+
+def _grey16(c: Ctx) -> None:
+    Image.fromarray(np.full((40, 60), 4000, np.uint16)).save(c.tmp / "grey16.png")
+
+
+def _same_stem(c: Ctx) -> None:
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), np.uint8))
+    img.save(c.tmp / "x.png")
+    img.save(c.tmp / "x.jpg")
+
+
+def _two_outputs(c: Ctx) -> None:
+    assert sorted(p.name for p in (c.tmp / "preds").iterdir()) == ["x_jpg.png", "x_png.png"]
+
+
+def _train_then(stop: int = 2) -> Callable[[Ctx], None]:
+    """A finished 2-iteration run in `run/` (the resume cases start from it)."""
+    def setup(c: Ctx) -> None:
+        assert main(c.train("run", f"train.max_iters={stop}")) == 0
+        (c.tmp / "config.before").write_text((c.tmp / "run" / "config.yaml").read_text())
+    return setup
+
+
+def _config_untouched(c: Ctx) -> None:
+    assert (c.tmp / "run" / "config.yaml").read_text() == (c.tmp / "config.before").read_text()
+
+
+def _lr_applied(c: Ctx) -> None:
+    ckpt = load_train_checkpoint(c.tmp / "run" / "latest.pth")
+    assert ckpt["iteration"] == 3 and ckpt["config"]["optim"]["lr"] == 1e-3
+    assert ckpt["optimizer"]["param_groups"][0]["initial_lr"] == 1e-3  # the schedule really uses the new rate
+
+
+def _checkpoints_finite(c: Ctx) -> None:
+    for name in ("latest.pth", "previous.pth"):
+        if (c.tmp / "nan" / name).exists():
+            weights = load_train_checkpoint(c.tmp / "nan" / name)["student"].values()
+            assert all(bool(torch.isfinite(w).all()) and float(w.abs().max()) < 1e6 for w in weights
+                       if w.is_floating_point() and w.numel())
+
+
+def _fake_train_checkpoint(c: Ctx) -> None:
+    torch.save({"format": TRAIN_FORMAT, "iteration": 1}, c.tmp / "partial.pth")
+
+
+def _mount_tiny_tmpfs(c: Ctx) -> list[str]:
+    """Export into a 64 KiB tmpfs in a private mount namespace: the write fails with a full disk."""
+    full = c.tmp / "full"
+    full.mkdir()
+    script = (f"mount -t tmpfs -o size=64k tmpfs {full} && {sys.executable} -m mfmseg export {c.model} "
+              f"--out {full / 'model.pth'}; rc=$?; ls -A {full} > {c.tmp / 'left.txt'}; exit $rc")
+    return ["unshare", "-m", "sh", "-c", script]
+
+
+def _tmpfs_left_nothing(c: Ctx) -> None:
+    assert (c.tmp / "left.txt").read_text().strip() == ""
+
+
+def _yaml_error(c: Ctx) -> None:
+    (c.tmp / "bad.yaml").write_text("train:\n  max_iters: [3\n  log_interval: 1\n")
+
+
+def _file(name: str) -> Callable[[Ctx], None]:
+    return lambda c: (c.tmp / name).write_text("not a folder")
+
+
+def _folder(name: str) -> Callable[[Ctx], None]:
+    return lambda c: (c.tmp / name).mkdir()
+
+
+# ---- the table ----------------------------------------------------------------------------------------------------
+CASES = [
+    # 1. the error boundary: one line, exit 2, whatever raised it; MFMSEG_DEBUG=1 shows the traceback
+    Case("text-as-checkpoint", lambda c: ["export", str(c.tmp / "t.txt"), "--out", str(c.tmp / "m.pth")], 2,
+         "not a PyTorch file", setup=_write("t.txt", b"hello world\n")),
+    Case("pickled-code", lambda c: ["evaluate", str(c.tmp / "evil.pth"), "--device", "cpu"], 2,
+         "contains pickled code, refusing to load it", setup=_pickled_code),
+    Case("empty-checkpoint", lambda c: ["predict", str(c.tmp / "e.pth"), str(c.tmp), "--out", str(c.tmp / "o")],
+         2, "truncated", setup=_write("e.pth", b"")),
+    Case("missing-checkpoint", lambda c: ["export", str(c.tmp / "nope.pth"), "--out", str(c.tmp / "m.pth")], 2,
+         "not found"),
+    Case("checkpoint-missing-key", lambda c: ["export", str(c.tmp / "partial.pth"), "--out", str(c.tmp / "m.pth")],
+         2, "lacks", setup=_fake_train_checkpoint),
+    Case("device-bogus", lambda c: ["evaluate", str(c.model), "--device", "bogus"], 2, "not a device"),
+    Case("synth-size-too-small", lambda c: ["synth", "--out", str(c.tmp / "s"), "--size", "8x8"], 2, "32×32"),
+    Case("debug-shows-traceback", lambda c: ["export", str(c.tmp / "t.txt"), "--out", str(c.tmp / "m.pth")], 2,
+         "not a PyTorch file", setup=_write("t.txt", b"hello"), env={"MFMSEG_DEBUG": "1"}, traceback=True),
+    Case("worker-label-size", lambda c: c.train("w", "data.num_workers=1"), 2, "but image",
+         setup=_shrink_target_label, check=_no_dir("w"), slow=True),
+    # 2. config ranges: named key, before any work dir is written
+    *[Case(f"config-{o.split('=')[0]}", lambda c, o=o: c.train("wd", *o.split()), 2, word, check=_no_dir("wd"))
+      for o, word in [("optim.lr=-1", "optim.lr"), ("uda.mfm.grid=0", "uda.mfm.grid"),
+                      ("uda.mfm.num_heads=0", "uda.mfm.num_heads"),
+                      ("uda.mfm.embed_dim=18 uda.mfm.num_heads=1", "multiple of 4"),
+                      ("uda.mfm.embed_dim=510", "divisible"), ("seed=-1", "seed"),
+                      ("data.rcs.temperature=0", "data.rcs.temperature"), ("data.source.resize=[0,0]", "resize"),
+                      ("train.log_interval=0", "train.log_interval"), ("eval.stride=[0,0]", "eval.stride"),
+                      ("train.max_iters=[", "not valid YAML"), ("train.device=gpu", "not a device")]],
+    Case("config-yaml-line", lambda c: ["train", str(c.tmp / "bad.yaml")], 2, "line 3", setup=_yaml_error),
+    # 3. outputs: checked before the work, one line naming the path, no temporary file left
+    Case("evaluate-json-folder", lambda c: ["evaluate", str(c.model), "--json", str(c.tmp / "j")], 2, "folder",
+         setup=_folder("j")),
+    Case("export-out-folder", lambda c: ["export", str(c.model), "--out", str(c.tmp / "j")], 2, "folder",
+         setup=_folder("j")),
+    Case("predict-out-file", lambda c: ["predict", str(c.model), str(c.tmp), "--out", str(c.tmp / "f")], 2,
+         "not a folder", setup=_file("f")),
+    Case("train-work-dir-file", lambda c: c.train("f"), 2, "not a folder", setup=_file("f")),
+    Case("disk-full", _mount_tiny_tmpfs, 2, "disk full", check=_tmpfs_left_nothing, subprocess=True,
+         slow=True),
+    # 4. resume: applies what it may change, refuses the rest without touching config.yaml; no junk work dir
+    Case("resume-other-network", lambda c: c.train("run", "train.resume=true", "model.name=daformer_mitb1"), 2,
+         "cannot resume", setup=_train_then(), check=_config_untouched, slow=True),
+    Case("resume-applies-lr", lambda c: c.train("run", "train.resume=true", "train.max_iters=3", "optim.lr=1e-3"),
+         0, "", setup=_train_then(), check=_lr_applied, slow=True),
+    Case("failed-train-leaves-nothing", lambda c: c.train("wd", f"data.source.root={c.tmp / 'nope'}"), 2,
+         "does not exist", check=_no_dir("wd")),
+    # 5. divergence: the message points at a checkpoint that is finite
+    Case("nan", lambda c: c.train("nan", "optim.lr=1e30", "optim.warmup_iters=0", "train.max_iters=6",
+                                  "train.checkpoint_interval=1"), 2, "diverged", check=_checkpoints_finite,
+         slow=True),
+    # 6. image and label files: depth, mode, size, id range; predict outputs that would collide
+    Case("prepare-rgb-label", lambda c: ["prepare", "gta", str(c.bench / "gta"), "--nproc", "1"], 2, "RGB",
+         setup=_rgb_label),
+    Case("predict-16bit-image", lambda c: ["predict", str(c.model), str(c.tmp / "grey16.png"), "--out",
+                                           str(c.tmp / "o"), "--device", "cpu"], 2, "16-bit", setup=_grey16),
+    Case("train-ids-beyond-classes", lambda c: c.train("ids"), 2, "train ids [100]", setup=_train_id_100,
+         slow=True),
+    Case("predict-same-stem", lambda c: ["predict", str(c.model), str(c.tmp / "x.png"), str(c.tmp / "x.jpg"),
+                                         "--out", str(c.tmp / "preds"), "--device", "cpu"], 0, "wrote 2",
+         setup=_same_stem, check=_two_outputs),
+]
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    """An exported synthetic_dacs model (random weights: these cases test the plumbing, not the accuracy)."""
+    cfg = load_config("synthetic_dacs", ["model.pretrained=null", "data.val.resize=[64,32]"])
+    path = tmp_path_factory.mktemp("model") / "model.pth"
+    torch.save({"format": MODEL_FORMAT, "config": to_dict(cfg), "state_dict": build_model(cfg.model).state_dict()},
+               path)
+    return path
+
+
+def _run(case: Case, ctx: Ctx, capsys, monkeypatch) -> tuple[int, str]:
+    if case.subprocess:
+        if shutil.which("unshare") is None or subprocess.run(["unshare", "-m", "true"]).returncode != 0:
+            pytest.skip("no private mount namespace here (needs unshare -m)")
+        out = subprocess.run(case.argv(ctx), capture_output=True, text=True, env={**ENV, **case.env}, timeout=300)
+        if "mount:" in out.stderr:
+            pytest.skip(f"cannot mount a tmpfs here: {out.stderr.strip()}")
+        return out.returncode, out.stdout + out.stderr
+    for key, value in case.env.items():
+        monkeypatch.setenv(key, value)
+    try:
+        code = main(case.argv(ctx))
+    except SystemExit as e:  # argparse
+        code = int(e.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=[pytest.mark.slow] if c.slow else [])
+                                  for c in CASES])
+def test_bad_input(case: Case, tmp_path, tiny_benchmark, model_file, capsys, monkeypatch):
+    bench = tmp_path / "bench"
+    shutil.copytree(tiny_benchmark, bench)
+    ctx = Ctx(tmp_path, bench, model_file)
+    if case.setup:
+        case.setup(ctx)
+    capsys.readouterr()
+    code, output = _run(case, ctx, capsys, monkeypatch)
+    assert code == case.code, output[-2000:]
+    assert case.word.lower() in output.lower(), output[-2000:]
+    assert ("Traceback" in output) == case.traceback, output[-2000:]
+    if case.code == 2:
+        errors = [line for line in output.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1, output[-2000:]
+    assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name], "a temporary file was left behind"
+    if case.check:
+        case.check(ctx)
+
+
+def test_bug_keeps_its_traceback(monkeypatch):
+    """Real bugs are not swallowed: main re-raises (Python prints the traceback, exit 1)."""
+    import mfmseg.cli as cli
+
+    monkeypatch.setattr(cli, "_cmd_models", lambda args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        main(["models"])
+
+
+def test_out_of_memory_is_a_user_error():
+    from mfmseg.errors import user_message
+
+    assert "out of memory" in user_message(MemoryError())
+    assert "out of memory" in user_message(RuntimeError("DefaultCPUAllocator: can't allocate memory: 1 TB"))
+    assert user_message(RuntimeError("shape mismatch")) is None
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+SLOW_PREPARE = """
+import sys, time
+import mfmseg.data.prepare as prepare
+convert = prepare._convert
+def slow(job):
+    time.sleep(0.5)
+    return convert(job)
+prepare._convert = slow
+prepare.prepare_dataset("gta", sys.argv[1], nproc=2)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_prepare_leaves_no_workers(sig, tmp_path):
+    from mfmseg.data.synthetic import write_benchmark
+
+    write_benchmark(tmp_path, num_source=40, num_target=0, num_val=0, size=(32, 32), nproc=1)
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_PREPARE, str(tmp_path / "gta")], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while len(_children(proc.pid)) < 2 and time.time() < deadline:
+        time.sleep(0.1)
+    workers = _children(proc.pid)
+    assert len(workers) >= 2, "the pool never started"
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    deadline = time.time() + 10
+    while any(_alive(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(w) for w in workers), "pool workers outlived their parent"
+    assert not list(tmp_path.rglob("*.tmp*"))
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume(tmp_path, tiny_benchmark):
+    """A run killed with -9 right after a checkpoint resumes to the end; no temporary file is left."""
+    argv = [sys.executable, "-m", "mfmseg", "train", "synthetic_dacs",
+            *tiny(tiny_benchmark, tmp_path / "run", "train.max_iters=40", "train.checkpoint_interval=1",
+                  "train.eval_interval=0")]
+    with open(tmp_path / "log.txt", "w") as log:
+        proc = subprocess.Popen(argv, env=ENV, stdout=log, stderr=log)
+        deadline = time.time() + 240
+        while (not (tmp_path / "run" / "previous.pth").exists() and proc.poll() is None
+               and time.time() < deadline):
+            time.sleep(0.2)
+        proc.kill()
+        proc.wait()
+    assert (tmp_path / "run" / "latest.pth").exists(), (tmp_path / "log.txt").read_text()[-2000:]
+    out = subprocess.run(argv + ["train.resume=true"], env=ENV, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert load_train_checkpoint(tmp_path / "run" / "latest.pth")["iteration"] == 40
+    assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]
