@@ -154,6 +154,9 @@ def matmul_peak_flops(device: str, dtype_name: str, n: int = 2048, reps: int = 2
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
+WIDTHS = (10, 8, 15, 10, 12, 11, 22, 14)  # columns after the variant name
+
+
 def run_variant(args: argparse.Namespace, name: str) -> dict:
     cmd = [sys.executable, __file__, "--preset", args.preset, "--steps", str(args.steps), "--warmup",
            str(args.warmup), "--device", args.device, "--amp", args.amp, "--one", name]
@@ -210,7 +213,7 @@ def main() -> None:
           "beside each variant")
     header = ("variant", "s/step", "img/s", "RSS/alloc MiB", "act. MiB", "GFLOP/step", "% of peak", "time vs base",
               "act. vs base")
-    print(f"{header[0]:<14}" + "".join(f"{h:>14}" for h in header[1:]))
+    print(f"{header[0]:<14}" + "".join(f"{h:>{w}}" for h, w in zip(header[1:], WIDTHS)))
     for name, r in results.items():
         r["fraction_of_peak"] = r["flops_per_step"] / r["sec_per_step"] / r["matmul_peak_flops"]
         r["time_vs_baseline"] = r.get("time_vs_baseline_median")
@@ -221,7 +224,7 @@ def main() -> None:
                  f"{100 * r['fraction_of_peak']:.1f}%",
                  _ratio_cell(r) if base else "-",
                  f"{r['activations_vs_baseline']:.2f}x" if base else "-")
-        print(f"{cells[0]:<14}" + "".join(f"{c:>14}" for c in cells[1:]))
+        print(f"{cells[0]:<14}" + "".join(f"{c:>{w}}" for c, w in zip(cells[1:], WIDTHS)))
     print(f"time vs base: median of {args.rounds} interleaved rounds [min-max]")
     with open(args.out, "w") as f:
         json.dump({"preset": args.preset, "device": args.device, "amp": args.amp, "rounds": args.rounds,

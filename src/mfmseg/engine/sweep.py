@@ -38,6 +38,7 @@ import yaml
 import mfmseg
 from mfmseg.config import load_config, to_dict
 from mfmseg.errors import UserError
+from mfmseg.files import atomic_write_text
 
 METRICS = ("mIoU", "mIoU16", "mIoU13")
 RESERVED_KEYS = ("work_dir", "seed", "train.resume")  # the sweep sets these per run
@@ -372,14 +373,6 @@ def results_markdown(results: Mapping) -> str:
 
 
 # ---- writing -------------------------------------------------------------------------------------------------
-def _write_text(path: Path, text: str) -> None:
-    """Atomic (temp file, then rename): a reader never sees half a table. The trainer's `_write_json` is JSON-only
-    and importing it would load torch and every model into this parent, which only launches processes."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def plot_results(results: Mapping, path: Path) -> Path | None:
     """Per label a bar (mean mIoU over seeds) with each seed's value as a dot."""
     from mfmseg.engine import report  # sets matplotlib's Agg backend; its atomic figure writer (imports torch)
@@ -407,8 +400,8 @@ def plot_results(results: Mapping, path: Path) -> Path | None:
 
 def write_results(out: Path, results: Mapping) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    _write_text(out / "results.json", json.dumps(results, indent=2))
-    _write_text(out / "results.md", results_markdown(results))
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2))  # a reader never sees half a table
+    atomic_write_text(out / "results.md", results_markdown(results))
     plot_results(results, out / "results.png")
 
 

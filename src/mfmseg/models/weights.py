@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from mfmseg.errors import UserError
+from mfmseg.errors import UserError, describe_load_failure
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -29,7 +29,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UserError(f"cannot read weights {path}: {str(e).strip().splitlines()[0][:200]}") from None
+        raise UserError(f"cannot read weights {path}: {describe_load_failure(e)}") from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict) and not torch.is_tensor(obj.get(key)):
             obj = obj[key]
