@@ -139,6 +139,10 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 0.01
     head_lr_mult: float = 10.0
+    # the encoder at lr × encoder_lr_mult (the VFM-UDA recipe fine-tunes a foundation model at ×0.1); encoders that
+    # number their layers (ViT: `layer_id`) also get layer-wise decay: layer i of L at layer_decay^(L-i); 1 = off
+    encoder_lr_mult: float = 1.0
+    layer_decay: float = 1.0
     norm_no_decay: bool = True
     warmup_iters: int = 1500
     warmup_ratio: float = 1e-6
@@ -333,7 +337,8 @@ RANGES: dict[str, str] = {
     "uda.mfm.embed_dim": ">=4", "uda.mfm.depth": ">=0", "uda.mfm.num_heads": ">=1", "uda.mfm.mlp_ratio": ">0",
     "uda.mfm.grid": ">=1", "uda.mfm.mask_ratio": "[0,1)", "uda.mfm.weight": ">=0", "uda.mfm.lr": ">0",
     "optim.lr": ">0", "optim.betas": "[0,1)", "optim.momentum": "[0,1]", "optim.weight_decay": ">=0",
-    "optim.head_lr_mult": ">0", "optim.warmup_iters": ">=0", "optim.warmup_ratio": "[0,1]", "optim.power": ">=0",
+    "optim.head_lr_mult": ">0", "optim.encoder_lr_mult": ">0", "optim.layer_decay": "(0,1]",
+    "optim.warmup_iters": ">=0", "optim.warmup_ratio": "[0,1]", "optim.power": ">=0",
     "optim.min_lr": ">=0",
     "train.max_iters": ">=0", "train.eval_interval": ">=-1",  # -1: never evaluate (no validation set needed)
     "train.checkpoint_interval": ">=0", "train.log_interval": ">=1", "train.panel_interval": ">=0",

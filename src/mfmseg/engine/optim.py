@@ -1,6 +1,7 @@
 """Optimiser parameter groups and the warm-up + poly learning-rate schedule of the DAFormer family.
 
-Groups (METHOD.md §3): encoder at the base lr; decode head (and HRDA's scale attention) at `head_lr_mult` × base;
+Groups (METHOD.md §3): encoder at the base lr (× `encoder_lr_mult`, 1 by default; layer-wise decayed for encoders
+that number their layers: `layerwise_groups`); decode head (and HRDA's scale attention) at `head_lr_mult` × base;
 LayerNorm parameters without weight decay (the reference's `norm` custom key matches exactly MiT's LayerNorms:
 BatchNorms are named `bn` there and keep their decay); the Rebuilder in a group of its own at `uda.mfm.lr`, so it
 never inherits the head's 10×.
@@ -34,13 +35,12 @@ def _split_no_decay(modules: list[nn.Module], norm_no_decay: bool
 def param_groups(student: nn.Module, cfg: OptimConfig, rebuilder: nn.Module | None = None,
                  rebuilder_lr: float | None = None) -> list[dict]:
     """Named groups: each carries `name` and its own `lr` so that tests and logs can see what got what."""
-    groups = []
+    groups = layerwise_groups(student.encoder, cfg) if hasattr(student.encoder, "layer_id") else []
     # every head (the decode head; HRDA's scale attention too, as the reference's `head` lr key matches it) ×10
     heads = [module for name, module in student.named_children() if name != "encoder"]
-    parts: list[tuple[str, list[nn.Module], float]] = [
-        ("encoder", [student.encoder], cfg.lr),
-        ("decode_head", heads, cfg.lr * cfg.head_lr_mult),
-    ]
+    parts: list[tuple[str, list[nn.Module], float]] = [] if groups else [
+        ("encoder", [student.encoder], cfg.lr * cfg.encoder_lr_mult)]
+    parts.append(("decode_head", heads, cfg.lr * cfg.head_lr_mult))
     if rebuilder is not None:
         parts.append(("rebuilder", [rebuilder], rebuilder_lr if rebuilder_lr is not None else cfg.lr))
     for name, modules, lr in parts:
@@ -50,6 +50,27 @@ def param_groups(student: nn.Module, cfg: OptimConfig, rebuilder: nn.Module | No
         if no_decay:
             groups.append({"name": f"{name}.no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0})
     _check_covers_everything(student, groups)
+    return groups
+
+
+def layerwise_groups(encoder: nn.Module, cfg: OptimConfig) -> list[dict]:
+    """Layer-wise lr decay for encoders that number their layers (ViTs: `layer_id(name)` in 0..`num_layers`,
+    `no_weight_decay()` names), as BEiT/DINOv2 fine-tuning does: a pretrained early layer holds generic features
+    that a small target-domain signal should move least. Layer i gets lr·encoder_lr_mult·layer_decay^(num_layers-i);
+    groups `encoder.layer<i>[.no_decay]`, the top layer first (so `param_groups[0]` shows the encoder's own lr).
+    No weight decay on norms (`norm_no_decay`) and on what the encoder names (tokens, position embeddings)."""
+    _, norms = _split_no_decay([encoder], cfg.norm_no_decay)
+    skip, norm_ids = set(encoder.no_weight_decay()), {id(p) for p in norms}
+    buckets: dict[tuple[int, bool], list[nn.Parameter]] = {}
+    for name, p in encoder.named_parameters():
+        if p.requires_grad:
+            key = (encoder.layer_id(name), id(p) in norm_ids or name in skip)
+            buckets.setdefault(key, []).append(p)
+    groups = []
+    for (layer, no_decay), params in sorted(buckets.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
+        lr = cfg.lr * cfg.encoder_lr_mult * cfg.layer_decay ** (encoder.num_layers - layer)
+        groups.append({"name": f"encoder.layer{layer}" + (".no_decay" if no_decay else ""), "params": params,
+                       "lr": lr, "weight_decay": 0.0 if no_decay else cfg.weight_decay})
     return groups
 
 
