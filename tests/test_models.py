@@ -11,7 +11,8 @@ from mfmseg.config import HRDAConfig, ModelConfig
 from mfmseg.errors import UserError
 from mfmseg.models.zoo import MODELS, build_model, describe_models
 
-SMALL = ["deeplabv2_r18", "daformer_mitb0", "segformer_mitb0", "daformer_efflite0", "deeplabv2_efflite0"]
+SMALL = ["deeplabv2_r18", "daformer_mitb0", "segformer_mitb0", "daformer_efflite0", "deeplabv2_efflite0",
+         "daformer_vit_tiny"]
 
 
 @pytest.fixture(scope="module")

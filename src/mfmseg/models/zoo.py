@@ -28,6 +28,7 @@ from mfmseg.models.hrda import HRDASegmentor, ScaleAttentionHead
 from mfmseg.models.mit import MiT
 from mfmseg.models.resnet import ResNetV1c
 from mfmseg.models.segmentor import Segmentor
+from mfmseg.models.vit import ViTEncoder
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,13 @@ MODELS: dict[str, ModelSpec] = {
     "daformer_efflite0": ModelSpec(partial(EfficientNetLite, variant="lite0"), DAFormerHead, hrda=True),
     "deeplabv2_efflite0": ModelSpec(partial(EfficientNetLite, variant="lite0", output_stride=8, out_indices=DLV2),
                                     DeepLabV2Head),
+    # vision foundation models (DINOv2 / DINOv3 ViTs + a simple feature pyramid; model.pretrained = a Hub id)
+    **{f"daformer_dinov2_{s}": ModelSpec(partial(ViTEncoder, family="dinov2", size=s), DAFormerHead, hrda=True)
+       for s in ("s", "b", "l")},
+    "daformer_dinov2reg_l": ModelSpec(partial(ViTEncoder, family="dinov2reg", size="l"), DAFormerHead, hrda=True),
+    "daformer_dinov3_l": ModelSpec(partial(ViTEncoder, family="dinov3", size="l"), DAFormerHead, hrda=True),
+    "daformer_vit_tiny": ModelSpec(partial(ViTEncoder, family="dinov2", size="tiny", patch_size=16), DAFormerHead,
+                                   hrda=True),  # random init, 4 blocks of width 64: tests and CPUs
     "segformer_mitb0": ModelSpec(partial(MiT, size="b0"), partial(SegFormerHead, channels=256)),
     "segformer_mitb5": ModelSpec(partial(MiT, size="b5"), partial(SegFormerHead, channels=768)),
 }
