@@ -100,8 +100,7 @@ def measure(preset: str, overrides: list[str], steps: int, warmup: int) -> dict:
     if cfg.train.grad_checkpointing:
         student.set_grad_checkpointing(True)
     step = UDAStep(student, cfg.uda, crop_hw=tuple(cfg.data.target.crop), device=device)
-    opt = build_optimizer(param_groups(student, cfg.optim, getattr(step, "rebuilder", None), cfg.uda.mfm.lr),
-                          cfg.optim)
+    opt = build_optimizer(param_groups(student, cfg.optim, step.param_parts()), cfg.optim)
     b, (h, w) = cfg.data.batch_size, cfg.data.target.crop
     label = torch.randint(0, cfg.model.num_classes, (b, h, w), device=device)
     label[:, : h // 4] = 10  # a large class, as in street scenes

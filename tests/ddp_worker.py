@@ -11,6 +11,5 @@ if __name__ == "__main__":
     preset, out_dir, *overrides = sys.argv[1:]
     trainer = Trainer(load_config(preset, overrides))
     trainer.run()
-    torch.save({"student": trainer.student.state_dict(), "teacher": trainer.step.teacher.state_dict(),
-                "rebuilder": trainer.step.rebuilder.state_dict()}, f"{out_dir}/rank{trainer.ctx.rank}.pt")
+    torch.save(trainer.step.state_dict(), f"{out_dir}/rank{trainer.ctx.rank}.pt")
     trainer.close()

@@ -21,7 +21,7 @@ def _lrs(groups):
 def test_groups_lrs_and_decay(mitb0):
     cfg = OptimConfig()
     rebuilder = Rebuilder.for_segmentor(mitb0, (64, 64), MFMConfig(enabled=True))
-    groups = _lrs(param_groups(mitb0, cfg, rebuilder, 2e-4))
+    groups = _lrs(param_groups(mitb0, cfg, [("rebuilder", rebuilder, 2e-4)]))
     assert groups["encoder"][:2] == (6e-5, 0.01)
     assert groups["encoder.no_decay"][:2] == (6e-5, 0.0)  # MiT LayerNorms
     assert groups["decode_head"][:2] == pytest.approx((6e-4, 0.01))

@@ -16,8 +16,8 @@ from mfmseg.engine.optim import param_groups
 from mfmseg.errors import UserError
 from mfmseg.models.hrda import HRDALogits, HRDASegmentor, MultiResFeatures, draw_box, window_starts
 from mfmseg.models.released import load_released_checkpoint
+from mfmseg.models.segmentor import weighted_ce
 from mfmseg.models.zoo import build_model
-from mfmseg.uda.losses import segmentation_loss
 from mfmseg.uda.step import UDAStep
 from test_uda_helpers import make_batch
 from test_weights import _daformer_head_to_mmseg, _to_mmseg_mit
@@ -103,11 +103,12 @@ def test_hrda_loss_is_09_fused_plus_01_detail_on_the_cropped_label_by_hand():
         return (nll * w).sum() / lab.numel()
 
     expected = 0.9 * ce(fused, labels, weight) + 0.1 * ce(detail, labels[:, 16:48, 8:40], weight[:, 16:48, 8:40])
-    torch.testing.assert_close(segmentation_loss(out, labels, weight), expected)
+    model = tiny_hrda()
+    torch.testing.assert_close(model.loss(out, labels, weight), expected)
     no_weight = 0.9 * ce(fused, labels, torch.ones_like(weight)) + 0.1 * ce(detail, labels[:, 16:48, 8:40],
                                                                            torch.ones(2, 32, 32))
-    torch.testing.assert_close(segmentation_loss(out, labels), no_weight)
-    plain = segmentation_loss(fused, labels, weight)
+    torch.testing.assert_close(model.loss(out, labels), no_weight)
+    plain = weighted_ce(fused, labels, weight)
     torch.testing.assert_close(plain, ce(fused, labels, weight))
 
 
@@ -192,7 +193,7 @@ def test_uda_step_with_an_hrda_student_trains_every_part(combo):
     parts = {"encoder": student.encoder, "decode_head": student.decode_head,
              "scale_attention": student.scale_attention}
     if "mfm" in extra:
-        parts["rebuilder"] = step.rebuilder
+        parts["rebuilder"] = step.terms["mfm"].rebuilder
     for name, module in parts.items():
         grads = [p.grad for p in module.parameters() if p.grad is not None]
         assert grads and any(bool(g.abs().sum() > 0) for g in grads), name
@@ -213,8 +214,8 @@ def test_rebuilder_is_sized_for_the_encoder_input_and_scale_attention_gets_the_h
     student = tiny_hrda()
     cfg = _uda_cfg({"mfm": {"enabled": True}})
     step = UDAStep(student, cfg, crop_hw=(128, 128), device="cpu")
-    assert step.rebuilder.level_scales == [4, 2, 1, 1]  # levels of a 64² input on a 4×4 grid
-    groups = param_groups(student, Config().optim, step.rebuilder, 2e-4)
+    assert step.terms["mfm"].rebuilder.level_scales == [4, 2, 1, 1]  # levels of a 64² input on a 4×4 grid
+    groups = param_groups(student, Config().optim, step.param_parts())
     head = {id(p) for g in groups if g["name"].startswith("decode_head") for p in g["params"]}
     assert all(id(p) in head for p in student.scale_attention.parameters())
     assert all(g["lr"] == pytest.approx(6e-4) for g in groups if g["name"].startswith("decode_head"))

@@ -11,12 +11,12 @@ from torch import nn
 from mfmseg.config import MixConfig
 from mfmseg.uda.ema import ema_coefficient, ema_update, make_teacher
 from mfmseg.uda.fd import downscale_label_ratio, feature_distance
-from mfmseg.uda.losses import weighted_ce
+from mfmseg.models.segmentor import weighted_ce
 from mfmseg.uda.mic import block_mask, mask_image
 from mfmseg.uda.mixing import (blur_kernel_size, class_mix_masks, color_jitter, gaussian_blur, hsv_to_rgb, mix,
                                rgb_to_hsv, strong_augment)
 from mfmseg.uda.pseudo import pseudo_label, zero_margins
-from test_uda_helpers import TinySegmentor
+from test_uda_helpers import tiny_student
 
 
 # ---- EMA ------------------------------------------------------------------------------------------------------
@@ -43,12 +43,13 @@ def test_ema_update_hand_computed_and_buffers_untouched():
 
 
 def test_make_teacher_is_frozen_bn_train_dropout_off():
-    student = TinySegmentor()
+    student = tiny_student()  # MiT-B0: BN in the head, dropout, drop-path
     teacher = make_teacher(student)
     assert all(not p.requires_grad for p in teacher.parameters())
     assert all(p.requires_grad for p in student.parameters())
     kinds = {type(m).__name__: m.training for m in teacher.modules()}
     assert kinds["BatchNorm2d"] is True and kinds["Dropout"] is False and kinds["Dropout2d"] is False
+    assert kinds["SegformerDropPath"] is False
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(teacher(x), teacher(x))  # no dropout noise
 

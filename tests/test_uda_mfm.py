@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from mfmseg.config import MFMConfig
-from mfmseg.uda.losses import weighted_ce
+from mfmseg.models.segmentor import weighted_ce
 from mfmseg.uda.mfm import LayerNorm2d, Rebuilder, level_scale, mfm_loss, sincos_pos_embed_2d
-from test_uda_helpers import TinySegmentor
+from test_uda_helpers import tiny_student
 
 MIT = SimpleNamespace(feature_channels=[64, 128, 320, 512], feature_strides=[4, 8, 16, 32])
 DLV2 = SimpleNamespace(feature_channels=[2048], feature_strides=[8])
@@ -134,10 +134,9 @@ def test_layernorm2d_normalises_channels_per_position():
 
 
 def test_mfm_loss_reaches_encoder_decoder_and_rebuilder():
-    torch.manual_seed(0)
-    model = TinySegmentor()
+    model = tiny_student()
     rb = Rebuilder.for_segmentor(model, (64, 64), MFMConfig(enabled=True, embed_dim=32, num_heads=4, grid=4))
-    assert rb.level_scales == [4, 2]
+    assert rb.level_scales == [4, 2, 1, 1]
     img, labels = torch.randn(2, 3, 64, 64), torch.randint(0, 19, (2, 64, 64))
     weight = torch.full((2, 64, 64), 0.7)
     out = mfm_loss(model, rb, model.encode(img), labels, weight, torch.Generator().manual_seed(0))
@@ -170,16 +169,8 @@ def _independent_count_widths(channels, scales, d, depth=2, mlp=4):
     return n
 
 
-def _tiny_real_model():
-    from mfmseg.config import ModelConfig
-    from mfmseg.models.zoo import build_model
-
-    torch.manual_seed(0)
-    return build_model(ModelConfig(name="daformer_efflite0", decoder_channels=16))
-
-
 def test_masking_without_a_rebuilder_zeroes_masked_positions_and_learns_nothing():
-    model = _tiny_real_model()
+    model = tiny_student("daformer_efflite0")
     rb = Rebuilder.for_segmentor(model, (64, 64), MFMConfig(enabled=True, grid=8, rebuild=False))
     assert sum(p.numel() for p in rb.parameters()) == 0
     feats = model.encode(torch.randn(2, 3, 64, 64))
@@ -193,7 +184,7 @@ def test_masking_without_a_rebuilder_zeroes_masked_positions_and_learns_nothing(
 
 @pytest.mark.parametrize("freeze", [False, True])
 def test_frozen_decoder_bn_keeps_the_running_statistics_of_the_mfm_pass(freeze):
-    model = _tiny_real_model().train()
+    model = tiny_student("daformer_efflite0").train()
     rb = Rebuilder.for_segmentor(model, (64, 64), MFMConfig(enabled=True, embed_dim=32, num_heads=4, grid=8))
     before = {k: v.clone() for k, v in model.decode_head.state_dict().items() if "running_" in k}
     feats = model.encode(torch.randn(2, 3, 64, 64))

@@ -1,4 +1,4 @@
-"""The whole training step on the tiny segmentor: every method combination, determinism, NaN detection."""
+"""The whole training step on a tiny MiT-B0 DAFormer: every method combination, determinism, NaN detection."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import torch
 
 from mfmseg.config import FDConfig, MFMConfig, MICConfig, UDAConfig
 from mfmseg.errors import UserError
+from mfmseg.models.segmentor import Segmentor
 from mfmseg.uda.step import UDAStep
-from test_uda_helpers import TinySegmentor, make_batch
+from test_uda_helpers import make_batch, tiny_student
 
 SMALL_MFM = dict(enabled=True, embed_dim=32, num_heads=4, grid=4)
 
@@ -38,8 +39,7 @@ COMBOS = {
 
 
 def _run(method: str, seed: int = 0, iteration: int = 0, **kw):
-    torch.manual_seed(seed)
-    student = TinySegmentor()
+    student = tiny_student(seed=seed)
     step = UDAStep(student, _cfg(method), crop_hw=(64, 64), device="cpu")
     out = step.train_step(make_batch(seed), iteration, generator=torch.Generator().manual_seed(seed), **kw)
     return step, out
@@ -56,15 +56,20 @@ def test_every_combination_gives_finite_losses_and_the_right_gradients(method):
     assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
     for part in (step.student.encoder, step.student.decode_head):
         assert all(g is not None for g in _grads(part)) and any(g.abs().sum() > 0 for g in _grads(part))
-    if step.rebuilder is not None:
-        assert all(g is not None and g.abs().sum() > 0 for g in _grads(step.rebuilder))
+    rebuilder = step.terms["mfm"].rebuilder if "mfm" in step.terms else None
+    if rebuilder is not None:
+        assert all(g is not None and g.abs().sum() > 0 for g in _grads(rebuilder))
         assert not any(k.startswith("rebuilder") for k in step.student.state_dict())
-    for frozen in (step.teacher, step.imnet):
+    imnet = step.terms["fd"].imnet if "fd" in step.terms else None
+    for frozen in (step.teacher, imnet):
         if frozen is not None:
             assert all(g is None and not p.requires_grad for p, g in zip(frozen.parameters(), _grads(frozen)))
     assert (step.teacher is None) == method.startswith("source_only")
-    assert (step.imnet is not None) == (method == "dacs+fd")
-    assert list(step.rebuilder_parameters()) == ([] if step.rebuilder is None else list(step.rebuilder.parameters()))
+    assert (imnet is not None) == (method == "dacs+fd")
+    assert step.param_parts() == ([] if rebuilder is None else [("rebuilder", rebuilder, 2e-4)])
+    trained = {id(p) for p in step.parameters() if p.requires_grad}
+    assert trained == {id(p) for p in step.student.parameters()} | {id(p) for _, m, _ in step.param_parts()
+                                                                   for p in m.parameters()}
 
 
 def test_deterministic_under_a_seed():
@@ -78,8 +83,7 @@ def test_deterministic_under_a_seed():
 
 
 def test_ema_runs_first_with_the_reference_coefficient():
-    torch.manual_seed(0)
-    student = TinySegmentor()
+    student = tiny_student()
     step = UDAStep(student, _cfg("dacs"), crop_hw=(64, 64), device="cpu")
     before = [p.detach().clone() for p in step.teacher.parameters()]
     with torch.no_grad():
@@ -91,8 +95,7 @@ def test_ema_runs_first_with_the_reference_coefficient():
 
 
 def test_nan_loss_raises_before_backward():
-    torch.manual_seed(0)
-    step = UDAStep(TinySegmentor(), _cfg("dacs"), crop_hw=(64, 64), device="cpu")
+    step = UDAStep(tiny_student(), _cfg("dacs"), crop_hw=(64, 64), device="cpu")
     batch = make_batch()
     batch["src_img"][0, 0, 0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="loss loss_src is NaN/inf at iteration 7"):
@@ -114,8 +117,8 @@ def test_visuals_are_cpu_tensors_of_image_size():
 def test_mfm_on_the_mixed_image_shares_the_mixed_encoder_pass(domain, passes, monkeypatch):
     """The paper's MFM needs its own student encoder pass on the target; domain=mixed reuses the ClassMix one."""
     calls = []
-    original = TinySegmentor.encode
-    monkeypatch.setattr(TinySegmentor, "encode", lambda self, x: calls.append(self) or original(self, x))
+    original = Segmentor.encode
+    monkeypatch.setattr(Segmentor, "encode", lambda self, x: calls.append(self) or original(self, x))
     step, _ = _run(f"dacs+mfm_{domain}")
     assert sum(c is step.student for c in calls) == passes
 
@@ -128,9 +131,8 @@ def test_visuals_do_not_change_training():
 
 def _train(method: str, steps: int, autocast_dtype=None) -> tuple[UDAStep, list[dict]]:
     """`steps` optimiser steps from the same initialisation and data, in fp32 or under autocast."""
-    torch.manual_seed(0)
-    step = UDAStep(TinySegmentor(), _cfg(method), crop_hw=(64, 64), device="cpu")
-    opt = torch.optim.AdamW([*step.student.parameters(), *step.rebuilder_parameters()], lr=1e-3)
+    step = UDAStep(tiny_student(), _cfg(method), crop_hw=(64, 64), device="cpu")
+    opt = torch.optim.AdamW([p for p in step.parameters() if p.requires_grad], lr=1e-3)
     history = []
     for i in range(steps):
         torch.manual_seed(100 + i)  # dropout draws
@@ -144,8 +146,8 @@ def _train(method: str, steps: int, autocast_dtype=None) -> tuple[UDAStep, list[
 
 def _moved(step: UDAStep, init: UDAStep) -> torch.Tensor:
     """How far the student and Rebuilder moved from the initialisation, as one flat vector."""
-    params = [*step.student.parameters(), *step.rebuilder.parameters()]
-    start = [*init.student.parameters(), *init.rebuilder.parameters()]
+    params = [*step.student.parameters(), *step.terms["mfm"].parameters()]
+    start = [*init.student.parameters(), *init.terms["mfm"].parameters()]
     return torch.cat([(p.detach() - q.detach()).flatten() for p, q in zip(params, start)])
 
 
@@ -165,16 +167,14 @@ def test_bf16_autocast_follows_fp32_within_tolerance():
 def test_state_dict_round_trip_and_mismatch():
     step, _ = _run("dacs+mfm_target")
     state = step.state_dict()
-    assert state["has_teacher"] and state["has_rebuilder"]
-    torch.manual_seed(9)
-    other = UDAStep(TinySegmentor(), _cfg("dacs+mfm_target"), crop_hw=(64, 64), device="cpu")
+    assert set(state) == {"student", "teacher", "rebuilder"}  # the checkpoint sections, on-disk names
+    other = UDAStep(tiny_student(seed=9), _cfg("dacs+mfm_target"), crop_hw=(64, 64), device="cpu")
     other.load_state_dict(state)
-    for x, y in zip(other.teacher.state_dict().values(), step.teacher.state_dict().values()):
-        assert torch.equal(x, y)
-    for x, y in zip(other.rebuilder.parameters(), step.rebuilder.parameters()):
-        assert torch.equal(x, y)
+    for part in state:
+        for (k, x), y in zip(other.state_dict()[part].items(), state[part].values()):
+            assert torch.equal(x, y), f"{part}.{k}"
     with pytest.raises(UserError, match="no rebuilder state"):
-        other.load_state_dict({"teacher": state["teacher"], "rebuilder": None})
+        other.load_state_dict({**state, "rebuilder": None})
 
 
 class CountingScaler:
@@ -198,10 +198,9 @@ def test_every_backward_goes_through_the_scaler():
 
 
 def test_pseudo_q_is_logged_even_when_margins_cover_the_crop():
-    torch.manual_seed(0)
     cfg = _cfg("dacs")
     cfg.pseudo_margins = [15, 120, 0, 0]  # the 512-crop rows on a 64 px crop: every pixel is a margin
-    step = UDAStep(TinySegmentor(), cfg, crop_hw=(64, 64), device="cpu")
+    step = UDAStep(tiny_student(), cfg, crop_hw=(64, 64), device="cpu")
     losses, _ = step.train_step(make_batch(), 0, generator=torch.Generator().manual_seed(0))
     assert losses["pseudo_q"] == 1.0  # τ = 0.05: every pixel is confident
 
@@ -210,8 +209,7 @@ def test_global_rng_path_is_deterministic_when_seeded():
     """The trainer passes no generator and seeds torch's global RNG per iteration instead."""
     results = []
     for _ in range(2):
-        torch.manual_seed(0)
-        step = UDAStep(TinySegmentor(), _cfg("dacs+mic"), crop_hw=(64, 64), device="cpu")
+        step = UDAStep(tiny_student(), _cfg("dacs+mic"), crop_hw=(64, 64), device="cpu")
         torch.manual_seed(11)
         results.append(step.train_step(make_batch(), 0)[0])
     assert results[0] == results[1]

@@ -52,9 +52,23 @@ def random_crop(img: np.ndarray, label: np.ndarray, crop: tuple[int, int], rng: 
     return img[y:y + ch, x:x + cw], label[y:y + ch, x:x + cw]
 
 
+def _imagenet_stats(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    kw = dict(device=like.device, dtype=like.dtype)
+    return torch.tensor(IMAGENET_MEAN, **kw).view(3, 1, 1), torch.tensor(IMAGENET_STD, **kw).view(3, 1, 1)
+
+
+def normalize_rgb(rgb: torch.Tensor) -> torch.Tensor:
+    """…×3×H×W float RGB on the 0–255 scale -> ImageNet-normalised (the library's image convention)."""
+    mean, std = _imagenet_stats(rgb)
+    return (rgb - mean) / std
+
+
+def denormalize_rgb(img: torch.Tensor) -> torch.Tensor:
+    """The inverse of `normalize_rgb`: ImageNet-normalised …×3×H×W -> RGB on the 0–255 scale (not clamped)."""
+    mean, std = _imagenet_stats(img)
+    return img * std + mean
+
+
 def normalize(img: np.ndarray) -> torch.Tensor:
     """H×W×3 uint8 RGB -> 3×H×W float, ImageNet mean/std."""
-    t = torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1).float()
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (t - mean) / std
+    return normalize_rgb(torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1).float())

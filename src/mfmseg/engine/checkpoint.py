@@ -122,6 +122,9 @@ def require_keys(ckpt: dict, keys: tuple[str, ...], path: str | Path) -> None:
 
 
 TRAIN_KEYS = ("config", "iteration", "student", "optimizer", "rng")
+# Model sections every mfmseg-train-v1 file has, None when the run has none (readers index them); a method's further
+# sections (`UDAStep.state_dict()`) are added under their own keys.
+TRAIN_SECTIONS = ("student", "teacher", "rebuilder")
 
 
 def load_train_checkpoint(path: str | Path) -> dict:

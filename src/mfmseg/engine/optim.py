@@ -3,13 +3,14 @@
 Groups (METHOD.md §3): encoder at the base lr (× `encoder_lr_mult`, 1 by default; layer-wise decayed for encoders
 that number their layers: `layerwise_groups`); decode head (and HRDA's scale attention) at `head_lr_mult` × base;
 LayerNorm parameters without weight decay (the reference's `norm` custom key matches exactly MiT's LayerNorms:
-BatchNorms are named `bn` there and keep their decay); the Rebuilder in a group of its own at `uda.mfm.lr`, so it
-never inherits the head's 10×.
+BatchNorms are named `bn` there and keep their decay); every module the UDA method trains besides the student (the
+MFM Rebuilder at `uda.mfm.lr`) in a group of its own at the lr the method gives it, so it never inherits the head's
+10× by accident.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -32,17 +33,17 @@ def _split_no_decay(modules: list[nn.Module], norm_no_decay: bool
     return decay, no_decay
 
 
-def param_groups(student: nn.Module, cfg: OptimConfig, rebuilder: nn.Module | None = None,
-                 rebuilder_lr: float | None = None) -> list[dict]:
-    """Named groups: each carries `name` and its own `lr` so that tests and logs can see what got what."""
+def param_groups(student: nn.Module, cfg: OptimConfig, extra: Sequence[tuple[str, nn.Module, float]] = ()
+                 ) -> list[dict]:
+    """Named groups: each carries `name` and its own `lr` so that tests and logs can see what got what.
+    `extra`: (name, module, lr) of what else is trained (`uda.step.UDAStep.param_parts()`)."""
     groups = layerwise_groups(student.encoder, cfg) if hasattr(student.encoder, "layer_id") else []
     # every head (the decode head; HRDA's scale attention too, as the reference's `head` lr key matches it) ×10
     heads = [module for name, module in student.named_children() if name != "encoder"]
     parts: list[tuple[str, list[nn.Module], float]] = [] if groups else [
         ("encoder", [student.encoder], cfg.lr * cfg.encoder_lr_mult)]
     parts.append(("decode_head", heads, cfg.lr * cfg.head_lr_mult))
-    if rebuilder is not None:
-        parts.append(("rebuilder", [rebuilder], rebuilder_lr if rebuilder_lr is not None else cfg.lr))
+    parts += [(name, [module], lr) for name, module, lr in extra]
     for name, modules, lr in parts:
         decay, no_decay = _split_no_decay(modules, cfg.norm_no_decay)
         if decay:

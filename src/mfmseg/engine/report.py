@@ -16,7 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from mfmseg.data.labels import CITYSCAPES_PALETTE, IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from mfmseg.data.labels import CITYSCAPES_PALETTE  # noqa: E402
+from mfmseg.data.transforms import denormalize_rgb  # noqa: E402
 from mfmseg.files import atomic_write  # noqa: E402
 
 
@@ -34,11 +35,9 @@ def colorize(label: np.ndarray, palette: Sequence[Sequence[int]] = CITYSCAPES_PA
     return lut[label.astype(np.uint8)]
 
 
-def denormalize(img: torch.Tensor) -> np.ndarray:
+def to_uint8(img: torch.Tensor) -> np.ndarray:
     """3×H×W ImageNet-normalised tensor -> H×W×3 uint8."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
-    rgb = (img.detach().float().cpu() * std + mean).clamp(0, 255)
+    rgb = denormalize_rgb(img.detach().float().cpu()).clamp(0, 255)
     return rgb.permute(1, 2, 0).numpy().astype(np.uint8)
 
 
@@ -48,7 +47,7 @@ def to_rgb(t: torch.Tensor) -> np.ndarray:
     if t.dim() == 4:
         t = t[0]
     if t.dim() == 3 and t.shape[0] == 3 and t.is_floating_point():
-        return denormalize(t)
+        return to_uint8(t)
     if t.dim() == 3:
         t = t[0]
     if t.dtype == torch.bool or (t.is_floating_point() and t.max() <= 1 and t.min() >= 0):

@@ -1,7 +1,8 @@
 """The iteration-based training loop: build, step, log, evaluate, checkpoint, resume, summarise.
 
 The loop owns everything around the UDA step (optimiser, schedule, AMP scaler, gradient averaging across ranks,
-logging, checkpoints) and nothing inside it: the losses and their backward passes live in `uda.step.UDAStep`.
+logging, checkpoints) and nothing inside it: the losses and their backward passes live in `uda.step.UDAStep`, the
+method, which also says what else to optimise (`param_parts`) and what a checkpoint holds (`state_dict`).
 
 Reproducibility: every iteration re-seeds the global RNGs from (seed, rank, iteration) and the data loader draws
 batch i as a function of (seed, rank, i), so a run resumed from a checkpoint continues exactly as the
@@ -27,8 +28,8 @@ from mfmseg.config import Config, to_dict, to_yaml
 from mfmseg.data.datasets import build_dataset
 from mfmseg.data.sampling import build_uda_loader
 from mfmseg.engine import report
-from mfmseg.engine.checkpoint import (TRAIN_FORMAT, atomic_torch_save, keep_previous, load_train_checkpoint,
-                                      rng_state, run_info, set_rng_state, state_health)
+from mfmseg.engine.checkpoint import (TRAIN_FORMAT, TRAIN_SECTIONS, atomic_torch_save, keep_previous,
+                                      load_train_checkpoint, rng_state, run_info, set_rng_state, state_health)
 from mfmseg.engine.distributed import (DistContext, all_ranks_agree, allreduce_gradients, broadcast_state,
                                        init_distributed, shutdown_distributed)
 from mfmseg.engine.evaluate import evaluate
@@ -36,7 +37,6 @@ from mfmseg.engine.optim import apply_lr, build_optimizer, param_groups
 from mfmseg.engine.resume import apply_group_settings, check_resume_config, fresh_group_settings
 from mfmseg.errors import UserError
 from mfmseg.files import atomic_write_text, check_output_dir
-from mfmseg.models.weights import load_strict
 from mfmseg.models.zoo import build_model
 from mfmseg.uda.step import UDAStep
 
@@ -114,13 +114,12 @@ class Trainer:
                 raise UserError("train.sync_bn=true needs a multi-GPU run (torchrun on CUDA devices)")
             self.student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
         self.step = UDAStep(self.student, cfg.uda, crop_hw=tuple(cfg.data.target.crop), device=self.device)
-        rebuilder = getattr(self.step, "rebuilder", None)
-        self.optimizer = build_optimizer(param_groups(self.student, cfg.optim, rebuilder, cfg.uda.mfm.lr), cfg.optim)
+        self.optimizer = build_optimizer(param_groups(self.student, cfg.optim, self.step.param_parts()), cfg.optim)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.start_iter = self._resume(resume_from) if resume_from is not None else 0
         self.saved_at: dict[str, int] = {"latest.pth": self.start_iter} if resume_from is not None else {}
         if self.ctx.enabled:
-            broadcast_state([self.student, getattr(self.step, "teacher", None), rebuilder])
+            broadcast_state(self.step.sections().values())
         self.val_set = (build_dataset(cfg.data.val, "val", num_classes=cfg.model.num_classes)
                         if self.ctx.is_main and cfg.train.eval_interval >= 0 else None)
         self._write_run_files()
@@ -161,10 +160,9 @@ class Trainer:
     def _resume(self, ckpt: dict) -> int:
         """Restore the run; the config's allowed changes (lr, weight decay, schedule) take effect."""
         where = f"checkpoint {self.work_dir / 'latest.pth'}"
-        load_strict(self.student, ckpt["student"], where)
         fresh = fresh_group_settings(self.optimizer)
         try:
-            self.step.load_state_dict({"teacher": ckpt.get("teacher"), "rebuilder": ckpt.get("rebuilder")})
+            self.step.load_state_dict(ckpt, where=where)
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise UserError(f"{where} does not fit this run: {str(e).splitlines()[0][:200]}") from None
@@ -182,7 +180,7 @@ class Trainer:
         loader: Iterator[dict] = build_uda_loader(cfg.data, seed=cfg.seed, rank=self.ctx.rank,
                                                   world_size=self.ctx.world_size, start_iter=self.start_iter,
                                                   num_classes=cfg.model.num_classes)
-        params = list(self.student.parameters()) + list(getattr(self.step, "rebuilder_parameters", list)())
+        params = [p for p in self.step.parameters() if p.requires_grad]
         bar = tqdm(total=tc.max_iters, initial=self.start_iter, disable=not self.ctx.is_main,
                    desc=Path(cfg.work_dir).name, dynamic_ncols=True)
         t0, window = time.time(), []
@@ -232,7 +230,7 @@ class Trainer:
         else:
             self.optimizer.step()
         if self.ctx.enabled:
-            broadcast_state([self.student, getattr(self.step, "teacher", None)], params=False)
+            broadcast_state([self.student, self.step.teacher], params=False)
         if visuals:
             report.write_panel(visuals, self.work_dir / "panels" / f"iter_{it + 1:06d}.png",
                                title=f"iteration {it + 1}")
@@ -291,9 +289,7 @@ class Trainer:
         """Save latest.pth after checking the state is finite and sane, keeping the one before as previous.pth."""
         if self.saved_at.get("latest.pth") == done:
             return
-        modules = {"student": self.student, "teacher": getattr(self.step, "teacher", None),
-                   "rebuilder": getattr(self.step, "rebuilder", None)}
-        problem = state_health(modules, self.optimizer)  # on every rank: they hold the same weights, all raise
+        problem = state_health(self.step.sections(), self.optimizer)  # on every rank: they hold the same weights, all raise
         if problem is not None:
             raise self._diverged(done, f"{problem} after iteration {done}")
         if self.saved_at.get("latest.pth") is not None:
@@ -302,11 +298,9 @@ class Trainer:
         if not self.ctx.is_main:
             return
         keep_previous(self.work_dir / "latest.pth", self.work_dir / "previous.pth")
-        step_state = self.step.state_dict()
         atomic_torch_save({
             "format": TRAIN_FORMAT, "config": to_dict(self.cfg), "iteration": done,
-            "student": self.student.state_dict(), "teacher": step_state.get("teacher"),
-            "rebuilder": step_state.get("rebuilder"), "optimizer": self.optimizer.state_dict(),
+            **dict.fromkeys(TRAIN_SECTIONS), **self.step.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": rng_state(), **run_info(),
         }, self.work_dir / "latest.pth")

@@ -12,16 +12,16 @@ reads the context features and predicts, per pixel and class, how much to trust 
 
 `detail_pasted` is the detail prediction placed at its window in a zero map at full-scale output stride; in
 training the attention is zeroed outside the window, so there the fused map *is* the context prediction.
-The training loss (in `uda.losses.segmentation_loss`) is (1 − w)·CE(fused) + w·CE(detail on its window), w = 0.1.
+The training loss (`HRDASegmentor.loss`) is (1 − w)·CE(fused) + w·CE(detail on its window), w = 0.1.
 
 At inference (`forward`) the detail scale covers the whole input with overlapping `hr_crop` windows (stride
 `detail_stride`), batched through the encoder; their logits are pasted and averaged, and the attention is used
 everywhere. Larger images are tiled by the outer sliding window of `engine.inference` (`eval.mode=slide`).
 
-The contract the UDA step relies on (shared with the plain `Segmentor`):
+The contract the UDA step relies on is `models.segmentor.SegmentationModel`, shared with the plain `Segmentor`:
 `encode(x)` → training features (here `MultiResFeatures`), `decode(features)` → training output (here `HRDALogits`),
-`forward(x)` → inference logits at output stride, `encode_context(x)` → the single-scale features that the
-ImageNet feature distance compares, `encoder_input_size(crop)` → what the encoder sees during training.
+`loss(output, labels, weight)`, `map_features` (both scales, context first), `context_features`, `output_logits`
+(the fused map), `forward(x)` → inference logits at output stride, `encode_context(x)`, `encoder_input_size`.
 
 Unlike the reference, the detail window is a value (`MultiResFeatures.box`) passed from `encode` to `decode`
 and the loss, never state kept on a class or module.
@@ -30,7 +30,7 @@ and the loss, never state kept on a class or module.
 from __future__ import annotations
 
 import re
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from mfmseg.errors import UserError
 from mfmseg.models.heads.daformer import conv_bn_relu, embed_levels, mmcv_conv_module
-from mfmseg.models.segmentor import Segmentor
+from mfmseg.models.segmentor import FeatureList, Segmentor, weighted_ce
 
 Box = tuple[int, int, int, int]  # (y1, y2, x1, x2) in input pixels, end-exclusive
 
@@ -100,11 +100,6 @@ def draw_box(height: int, width: int, crop: Sequence[int], divisible: int) -> Bo
     return y1, y1 + crop[0], x1, x1 + crop[1]
 
 
-def context_features(feats: list[Tensor] | MultiResFeatures) -> list[Tensor]:
-    """The single-scale feature list of either kind of training features (FD compares these)."""
-    return feats.context if isinstance(feats, MultiResFeatures) else feats
-
-
 class HRDASegmentor(Segmentor):
     """A base Segmentor's encoder and head (`encoder.*`, `decode_head.*`) plus `scale_attention.*`."""
 
@@ -144,6 +139,26 @@ class HRDASegmentor(Segmentor):
         detail_logits = self.decode_head(feats.detail)
         fused = self.fuse(context_logits, self.attention(feats.context), detail_logits, feats.box)
         return HRDALogits(fused, detail_logits, feats.box, self.hr_loss_weight)
+
+    def loss(self, outputs: HRDALogits, labels: Tensor, weight: Tensor | None = None) -> Tensor:
+        """(1 − w)·CE(fused) + w·CE(detail, labels and weight cropped to the detail window), w = `hr_loss_weight`
+        (0.1), both reduced as `weighted_ce`."""
+        y1, y2, x1, x2 = outputs.box
+        crop_weight = weight[:, y1:y2, x1:x2] if weight is not None else None
+        w = outputs.detail_weight
+        fused = weighted_ce(outputs.fused, labels, weight)
+        return (1 - w) * fused + w * weighted_ce(outputs.detail, labels[:, y1:y2, x1:x2], crop_weight)
+
+    def context_features(self, feats: MultiResFeatures) -> list[Tensor]:
+        return feats.context
+
+    def map_features(self, feats: MultiResFeatures, fn: Callable[[FeatureList], FeatureList]) -> MultiResFeatures:
+        """`fn` on the context, then on the detail features (e.g. MFM: independent token masks per scale)."""
+        context = fn(feats.context)
+        return feats._replace(context=context, detail=fn(feats.detail))
+
+    def output_logits(self, outputs: HRDALogits) -> Tensor:
+        return outputs.fused
 
     # ---- inference: detail everywhere by overlapping windows ---------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:

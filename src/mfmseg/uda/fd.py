@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from mfmseg.uda.losses import IGNORE_INDEX
+from mfmseg.config import FDConfig
+from mfmseg.data.labels import IGNORE_INDEX
+from mfmseg.models.segmentor import SegmentationModel
+from mfmseg.uda.term import AuxiliaryLoss, Run, SourcePass, TermOutput
 
 
 @torch.no_grad()
@@ -45,3 +49,35 @@ def feature_distance(student_feat: Tensor, imnet_feat: Tensor, labels: Tensor, t
     if not bool(keep.any()):
         return (dist * 0.0).sum()
     return dist[keep].mean()
+
+
+def make_frozen_copy(model: nn.Module) -> nn.Module:
+    """The ImageNet reference: eval mode (running BN statistics, no dropout), no gradients."""
+    frozen = copy.deepcopy(model).eval()
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    return frozen
+
+
+class FeatureDistanceLoss(AuxiliaryLoss):
+    """λ_FD · FD between the student's deepest context features of the source image and a frozen copy of the
+    student as built (the ImageNet weights). The copy is made at construction and never saved: a resumed run
+    rebuilds it from the freshly built student."""
+
+    def __init__(self, student: SegmentationModel, cfg: FDConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.imnet = make_frozen_copy(student)
+
+    def on_source(self, student: SegmentationModel, src: SourcePass, run: Run) -> TermOutput:
+        with torch.no_grad(), run.autocast():  # HRDA: the context scale (the 0.5-resized image), as the reference
+            imnet_feats = self.imnet.encode_context(src.img)
+        fd = feature_distance(student.context_features(src.feats)[-1], imnet_feats[-1], src.label,
+                              self.cfg.thing_classes, self.cfg.cell_ratio, student.num_classes)
+        return TermOutput({"loss_fd": self.cfg.weight * fd})
+
+    def train(self, mode: bool = True) -> "FeatureDistanceLoss":
+        """The ImageNet copy stays in eval mode whatever the method is switched to."""
+        super().train(mode)
+        self.imnet.eval()
+        return self

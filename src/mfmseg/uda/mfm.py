@@ -21,10 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mfmseg.config import MFMConfig
-from mfmseg.models.hrda import MultiResFeatures
-from mfmseg.uda.losses import segmentation_loss
-
-
+from mfmseg.models.segmentor import SegmentationModel, resize_logits
+from mfmseg.uda.term import AuxiliaryLoss, MixedPass, Run, SourcePass, TargetPass, TermOutput, Visuals
 
 class LayerNorm2d(nn.Module):
     """LayerNorm over the channels of a B×C×H×W map (per position), as ConvNeXt/SAM define it."""
@@ -170,14 +168,12 @@ class Rebuilder(nn.Module):
         x = self.norm(x)
         return x.transpose(1, 2).reshape(x.shape[0], self.embed_dim, self.grid, self.grid)
 
-    def forward(self, feats: Sequence[Tensor], generator: torch.Generator | None = None,
-                token_mask: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
+    def forward(self, feats: Sequence[Tensor], generator: torch.Generator | None = None
+                ) -> tuple[list[Tensor], Tensor]:
         """(rebuilt features, token_mask B×grid×grid bool, True = masked); visible positions keep `feats`."""
         if len(feats) != len(self.in_channels):
             raise ValueError(f"Rebuilder built for {len(self.in_channels)} levels, got {len(feats)}")
-        if token_mask is None:
-            token_mask = self.draw_mask(feats[0].shape[0], generator)
-        token_mask = token_mask.to(feats[-1].device)
+        token_mask = self.draw_mask(feats[0].shape[0], generator).to(feats[-1].device)
         rebuilt = []
         if not self.rebuild:
             for feat in feats:
@@ -218,28 +214,78 @@ def frozen_bn_statistics(module: nn.Module) -> Iterator[None]:
             m.momentum = momentum
 
 
-def mfm_loss(segmentor: nn.Module, rebuilder: Rebuilder, feats: Sequence[Tensor] | MultiResFeatures,
-             labels: Tensor, weight: Tensor | None, generator: torch.Generator | None = None,
+def mfm_loss(segmentor: SegmentationModel, rebuilder: Rebuilder, feats: object, labels: Tensor,
+             weight: Tensor | None, generator: torch.Generator | None = None,
              freeze_decoder_bn: bool = False) -> MFMOutput:
-    """The segmentor's own loss (`segmentation_loss`: weighted CE upsampled to the label size, ignore 255) of
-    decode(rebuilt features).
+    """The segmentor's own loss of decode(rebuilt features) against `labels` and `weight`.
 
-    HRDA (our reading; the paper does not say): the context and the detail feature lists are rebuilt with
-    independent token masks by the same Rebuilder, decoded through the HRDA head (fusion, detail window) and
-    scored with the HRDA loss. The returned token mask and logits are the context's mask and the fused logits.
+    Every single-scale feature list in the training features is rebuilt with its own token mask
+    (`segmentor.map_features`). For HRDA (our reading; the paper does not say) that is the context and the detail
+    list, decoded through the HRDA head (fusion, detail window) and scored with the HRDA loss. The returned token
+    mask is the first list's (HRDA: the context's), the logits `segmentor.output_logits` (HRDA: the fused map).
     """
     bn_context = frozen_bn_statistics(segmentor) if freeze_decoder_bn else contextlib.nullcontext()
-    if isinstance(feats, MultiResFeatures):
-        context, token_mask = rebuilder(feats.context, generator=generator)
-        detail, _ = rebuilder(feats.detail, generator=generator)
-        with bn_context:  # only the decoder runs here: the encoder's statistics are those of clean images
-            out = segmentor.decode(feats._replace(context=context, detail=detail))
-        return MFMOutput(segmentation_loss(out, labels, weight), token_mask, out.fused)
-    rebuilt, token_mask = rebuilder(feats, generator=generator)
-    with bn_context:
-        logits = segmentor.decode(rebuilt)
-    return MFMOutput(segmentation_loss(logits, labels, weight), token_mask, logits)
+    masks: list[Tensor] = []
+
+    def rebuild(level_feats: list[Tensor]) -> list[Tensor]:
+        rebuilt, token_mask = rebuilder(level_feats, generator=generator)
+        masks.append(token_mask)
+        return rebuilt
+
+    rebuilt = segmentor.map_features(feats, rebuild)
+    with bn_context:  # only the decoder runs here: the encoder's statistics are those of clean images
+        out = segmentor.decode(rebuilt)
+    return MFMOutput(segmentor.loss(out, labels, weight), masks[0], segmentor.output_logits(out))
 
 
-__all__ = ["Rebuilder", "LayerNorm2d", "mfm_loss", "frozen_bn_statistics", "MFMOutput", "sincos_pos_embed_2d", "build_projector",
-           "level_scale"]
+class MaskedFeatureModelingLoss(AuxiliaryLoss):
+    """λ·L_mfm on the domains of `cfg.domain`: target (the paper: its own encoder pass on the un-augmented target
+    crop, pseudo-labels and weight), source (the source pass, ground truth), both, or mixed (ours: the ClassMix
+    pass and its labels and weights). Owns the Rebuilder, trained in its own lr group, saved as `rebuilder`."""
+
+    def __init__(self, student: SegmentationModel, crop_hw: Sequence[int], cfg: MFMConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        # sized for what the encoder sees: HRDA's context and detail inputs are 512² windows of a 1024² crop
+        self.rebuilder = Rebuilder.for_segmentor(student, student.encoder_input_size(crop_hw), cfg)
+
+    def _loss(self, student: SegmentationModel, feats: object, labels: Tensor, weight: Tensor | None,
+              run: Run, name: str, size: Sequence[int]) -> TermOutput:
+        out = mfm_loss(student, self.rebuilder, feats, labels, weight, run.generator, self.cfg.freeze_decoder_bn)
+        return TermOutput({name: self.cfg.weight * out.loss}, mfm_visuals(out.token_mask, out.logits, size))
+
+    def on_source(self, student: SegmentationModel, src: SourcePass, run: Run) -> TermOutput | None:
+        if self.cfg.domain not in ("source", "both"):
+            return None
+        with run.autocast():
+            return self._loss(student, src.feats, src.label, None, run, "loss_mfm_src", src.img.shape[-2:])
+
+    def on_mixed(self, student: SegmentationModel, mixed: MixedPass, run: Run) -> TermOutput | None:
+        if self.cfg.domain != "mixed":  # one encoder pass, one backward for both terms
+            return None
+        with run.autocast():
+            return self._loss(student, mixed.feats, mixed.label, mixed.weight, run, "loss_mfm", mixed.img.shape[-2:])
+
+    def on_target(self, student: SegmentationModel, tgt: TargetPass, run: Run) -> TermOutput | None:
+        if self.cfg.domain not in ("target", "both"):
+            return None
+        with run.autocast():
+            feats = student.encode(tgt.img)
+            return self._loss(student, feats, tgt.label, tgt.weight, run, "loss_mfm", tgt.img.shape[-2:])
+
+    def param_parts(self) -> list[tuple[str, nn.Module, float]]:
+        return [("rebuilder", self.rebuilder, self.cfg.lr)]  # its own lr: never the head's 10×
+
+    def checkpoint_sections(self) -> dict[str, nn.Module]:
+        return {"rebuilder": self.rebuilder}
+
+
+def mfm_visuals(token_mask: Tensor, logits: Tensor, size: Sequence[int]) -> Visuals:
+    """The token mask and the prediction from rebuilt features at the image's size, rendered on demand."""
+    token_mask, logits = token_mask.detach(), logits.detach()
+
+    def render() -> dict[str, Tensor]:
+        mask = F.interpolate(token_mask[:, None].float(), size=tuple(size), mode="nearest")[:, 0]
+        return {"mfm_mask": mask, "mfm_pred": resize_logits(logits.float(), tuple(size)).argmax(1)}
+
+    return render

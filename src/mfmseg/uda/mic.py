@@ -6,6 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mfmseg.config import MICConfig, MixConfig
+from mfmseg.models.segmentor import SegmentationModel
+from mfmseg.uda.mixing import strong_augment
+from mfmseg.uda.term import AuxiliaryLoss, Run, TargetPass, TermOutput
+
 
 def block_mask(batch: int, height: int, width: int, block_size: int, ratio: float,
                generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> Tensor:
@@ -18,3 +23,20 @@ def block_mask(batch: int, height: int, width: int, block_size: int, ratio: floa
 def mask_image(img: Tensor, block_size: int, ratio: float, generator: torch.Generator | None = None) -> Tensor:
     b, _, h, w = img.shape
     return img * block_mask(b, h, w, block_size, ratio, generator, img.device).to(img.dtype)
+
+
+class MaskedImageConsistencyLoss(AuxiliaryLoss):
+    """MIC: the target image, colour-augmented on its own draws, with blocks zeroed, against the same
+    pseudo-labels and weight as the mixed loss."""
+
+    def __init__(self, cfg: MICConfig, mix: MixConfig) -> None:
+        super().__init__()
+        self.cfg, self.mix = cfg, mix
+
+    def on_target(self, student: SegmentationModel, tgt: TargetPass, run: Run) -> TermOutput:
+        with torch.no_grad():
+            augmented = strong_augment(tgt.img, self.mix, run.generator)
+            masked = mask_image(augmented, self.cfg.block_size, self.cfg.mask_ratio, run.generator)
+        with run.autocast():
+            output = student.decode(student.encode(masked))
+        return TermOutput({"loss_mic": self.cfg.weight * student.loss(output, tgt.label, tgt.weight)})

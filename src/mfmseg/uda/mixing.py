@@ -13,9 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mfmseg.config import MixConfig
-from mfmseg.uda.losses import IGNORE_INDEX
-
-from mfmseg.data.labels import IMAGENET_MEAN, IMAGENET_STD
+from mfmseg.data.labels import IGNORE_INDEX
+from mfmseg.data.transforms import denormalize_rgb, normalize_rgb
 
 
 def _rand(generator: torch.Generator | None, *shape: int) -> Tensor:
@@ -55,15 +54,11 @@ def mix(mask: Tensor, source: Tensor, target: Tensor) -> Tensor:
 
 # ---- photometric augmentation --------------------------------------------------------------------------------
 def denormalize01(img: Tensor) -> Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, device=img.device, dtype=img.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=img.device, dtype=img.dtype).view(1, 3, 1, 1)
-    return (img * std + mean) / 255.0
+    return denormalize_rgb(img) / 255.0
 
 
 def renormalize01(img01: Tensor) -> Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, device=img01.device, dtype=img01.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=img01.device, dtype=img01.dtype).view(1, 3, 1, 1)
-    return (img01 * 255.0 - mean) / std
+    return normalize_rgb(img01 * 255.0)
 
 
 def rgb_to_hsv(rgb: Tensor) -> Tensor:
