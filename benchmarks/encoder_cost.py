@@ -1,0 +1,60 @@
+"""FLOPs and activations saved for backward of one forward/backward of a zoo network (batch 1), with and without
+activation checkpointing: what a ViT-L costs next to MiT-B5, where a whole UDA step (benchmarks/train_step.py) of a
+ViT-L is too slow for a CPU. A DACS/DAFormer step runs about 3 such passes per image (source, mixed; + the
+teacher's forward), MFM one more; multiply by the batch.
+
+    python benchmarks/encoder_cost.py --models daformer_mitb5 daformer_dinov2_l daformer_dinov3_l --size 512
+    python benchmarks/encoder_cost.py --models daformer_dinov3_l --size 1024 --hrda   # HRDA: context + detail
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from train_step import SavedActivationMeter  # noqa: E402  (benchmarks/ is the script's folder)
+
+
+def measure(name: str, size: int, hrda: bool, checkpointing: bool) -> dict:
+    from mfmseg.config import HRDAConfig, ModelConfig
+    from mfmseg.models.zoo import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name=name, hrda=HRDAConfig(enabled=hrda, hr_crop=[size // 2] * 2))).train()
+    model.set_grad_checkpointing(checkpointing)
+    x = torch.randn(1, 3, size, size)
+    label = torch.randint(0, 19, (1, size, size))
+    t = time.perf_counter()
+    with FlopCounterMode(display=False) as flops, SavedActivationMeter() as saved:
+        out = model.decode(model.encode(x))
+        logits = getattr(out, "fused", out)  # HRDA: the fused logits; its detail logits join the loss
+        loss = F.cross_entropy(F.interpolate(logits, size=(size, size), mode="bilinear"), label)
+        (loss + getattr(out, "detail", logits).float().mean()).backward()
+    return {"model": name, "size": size, "hrda": hrda, "checkpointing": checkpointing,
+            "gflop": flops.get_total_flops() / 1e9, "saved_mib": saved.peak / 2**20,
+            "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "sec": time.perf_counter() - t}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["daformer_mitb5", "daformer_dinov2_l", "daformer_dinov3_l"])
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--hrda", action="store_true")
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    rows = [measure(m, args.size, args.hrda, ckpt) for m in args.models for ckpt in (False, True)]
+    for r in rows:
+        print(f"{r['model']:22s} {r['size']}{' hrda' if r['hrda'] else ''} ckpt={r['checkpointing']!s:5s} "
+              f"{r['gflop']:9.1f} GFLOP  {r['saved_mib']:8.1f} MiB saved  ({r['sec']:.0f} s)", flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
