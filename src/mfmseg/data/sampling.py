@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from mfmseg.config import DataConfig, DatasetConfig, RCSConfig
+from mfmseg.config import DataConfig, RCSConfig
 from mfmseg.data.datasets import SegmentationDataset, build_dataset
 from mfmseg.errors import UserError
 
@@ -112,8 +112,3 @@ def build_uda_loader(cfg: DataConfig, seed: int, rank: int = 0, world_size: int 
     loader = DataLoader(stream, batch_size=None, num_workers=cfg.num_workers, persistent_workers=False,
                         prefetch_factor=2)
     return iter(loader)
-
-
-def build_val_loader(cfg: DatasetConfig, num_workers: int = 0) -> DataLoader:
-    """Validation images one at a time (labels stay at full resolution, sizes may differ)."""
-    return DataLoader(build_dataset(cfg, "val"), batch_size=None, shuffle=False, num_workers=num_workers)

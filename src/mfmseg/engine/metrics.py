@@ -39,9 +39,6 @@ class ConfusionMatrix:
         union = m.sum(0) + m.sum(1) - tp
         return [float(t / u) if u > 0 else math.nan for t, u in zip(tp, union)]
 
-    def iou(self) -> list[float]:
-        return self.iou_per_class()
-
     def pixel_accuracy(self) -> float:
         total = self.mat.sum().item()
         return float(self.mat.diag().sum().item() / total) if total else math.nan
