@@ -12,7 +12,7 @@ fi
 ROOTS=(--set "data.source.root=$DATA/gta" --set "data.target.root=$DATA/cityscapes"
        --set "data.val.root=$DATA/cityscapes")
 P=synthetic_effl0_dacs_mfm
-LONG="train.max_iters=1200 train.eval_interval=400 train.checkpoint_interval=400"
+LONG="train.max_iters=800 train.eval_interval=400 train.checkpoint_interval=400"
 mfmseg sweep source_only=synthetic_effl0_source_only dacs=synthetic_effl0_dacs dacs_mfm=$P \
     "mfm_mask0=$P uda.mfm.mask_ratio=0" \
     "mfm_no_rebuilder=$P uda.mfm.rebuild=false" \
@@ -22,8 +22,8 @@ mfmseg sweep source_only=synthetic_effl0_source_only dacs=synthetic_effl0_dacs d
     "mfm_grid8=$P uda.mfm.grid=8" \
     "mfm_both=$P uda.mfm.domain=both" \
     "mfm_source=$P uda.mfm.domain=source" \
-    "dacs_1200=synthetic_effl0_dacs $LONG" \
-    "dacs_mfm_1200=$P $LONG" \
+    "dacs_800=synthetic_effl0_dacs $LONG" \
+    "dacs_mfm_800=$P $LONG" \
     --seeds 0 1 2 --baseline dacs --jobs 2 --out "$OUT/sweep" "${ROOTS[@]}"
 mfmseg sweep oracle=synthetic_effl0_oracle --seeds 0 --out "$OUT/oracle" "${ROOTS[@]}" \
     --set "data.source.root=$DATA/cityscapes"

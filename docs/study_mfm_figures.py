@@ -52,7 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sweep", type=Path)
     ap.add_argument("--out", type=Path, default=Path("."))
-    ap.add_argument("--labels", nargs="*", default=["dacs", "dacs_mfm", "mfm_mask0", "dacs_1200", "dacs_mfm_1200"])
+    ap.add_argument("--labels", nargs="*", default=["dacs", "dacs_mfm", "mfm_mask0", "dacs_800", "dacs_mfm_800"])
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     fig, (ax_q, ax_l) = plt.subplots(1, 2, figsize=(10, 3.6))
