@@ -121,6 +121,10 @@ def _same_stem(c: Ctx) -> None:
     img.save(c.tmp / "x.jpg")
 
 
+def _thin(c: Ctx) -> None:
+    Image.fromarray(np.zeros((1, 300, 3), np.uint8)).save(c.tmp / "thin.png")
+
+
 def _two_outputs(c: Ctx) -> None:
     assert sorted(p.name for p in (c.tmp / "preds").iterdir()) == ["x_jpg.png", "x_png.png"]
 
@@ -237,6 +241,8 @@ CASES = [
                                            str(c.tmp / "o"), "--device", "cpu"], 2, "16-bit", setup=_grey16),
     Case("train-ids-beyond-classes", lambda c: c.train("ids"), 2, "train ids [100]", setup=_train_id_100,
          slow=True),
+    Case("predict-extreme-aspect", lambda c: ["predict", str(c.model), str(c.tmp / "thin.png"), "--out",
+                                              str(c.tmp / "o"), "--device", "cpu"], 2, "aspect ratio", setup=_thin),
     Case("predict-same-stem", lambda c: ["predict", str(c.model), str(c.tmp / "x.png"), str(c.tmp / "x.jpg"),
                                          "--out", str(c.tmp / "preds"), "--device", "cpu"], 0, "wrote 2",
          setup=_same_stem, check=_two_outputs),

@@ -99,7 +99,7 @@ class SegmentationDataset(Dataset):
         img, label = self.load(index)
         if label is None:
             label = np.full((img.height, img.width), 255, np.uint8)
-        img, label = resize(img, label, self.cfg.resize, self.cfg.keep_ratio)
+        img, label = resize(img, label, self.cfg.resize, self.cfg.keep_ratio, f"image {self.pairs[index][0]}")
         arr, label = random_crop(np.asarray(img), label, tuple(self.cfg.crop), rng, self.cat_max_ratio)
         if rng.random() < 0.5:
             arr, label = arr[:, ::-1], label[:, ::-1]
@@ -109,7 +109,7 @@ class SegmentationDataset(Dataset):
         if self.mode == "train":
             return self.train_sample(index, np.random.default_rng(index))
         img, label = self.load(index)
-        img, _ = resize(img, None, self.cfg.resize, self.cfg.keep_ratio)
+        img, _ = resize(img, None, self.cfg.resize, self.cfg.keep_ratio, f"image {self.pairs[index][0]}")
         return {"img": normalize(np.asarray(img)), "label": torch.from_numpy(label.astype(np.int64)),
                 "name": self.name(index)}
 

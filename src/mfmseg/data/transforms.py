@@ -11,19 +11,26 @@ import torch
 from PIL import Image
 
 from mfmseg.data.labels import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD
+from mfmseg.errors import UserError
 
 
-def target_size(w: int, h: int, bound: tuple[int, int], keep_ratio: bool) -> tuple[int, int]:
-    """(W, H) after resizing: keep_ratio scales so that the long/short sides fit the bound's long/short sides."""
+def target_size(w: int, h: int, bound: tuple[int, int], keep_ratio: bool,
+                what: str = "an image") -> tuple[int, int]:
+    """(W, H) after resizing: keep_ratio scales so that the long/short sides fit the bound's long/short sides.
+    An aspect ratio so extreme that a side would round to 0 px cannot be resized: a UserError naming `what`."""
     if not keep_ratio:
         return int(bound[0]), int(bound[1])
     long_b, short_b = max(bound), min(bound)
     scale = min(long_b / max(w, h), short_b / min(w, h))
-    return int(w * scale + 0.5), int(h * scale + 0.5)
+    size = int(w * scale + 0.5), int(h * scale + 0.5)
+    if min(size) < 1:
+        raise UserError(f"{what} is {w}×{h} px: fitted into resize {list(bound)} (keep_ratio) a side would be "
+                        f"0 px (aspect ratio above {long_b * 2}:1); crop it into pieces")
+    return size
 
 
-def resize(img: Image.Image, label: np.ndarray | None, bound, keep_ratio: bool):
-    size = target_size(img.width, img.height, bound, keep_ratio)
+def resize(img: Image.Image, label: np.ndarray | None, bound, keep_ratio: bool, what: str = "an image"):
+    size = target_size(img.width, img.height, bound, keep_ratio, what)
     if size != (img.width, img.height):
         img = img.resize(size, Image.BILINEAR)
         if label is not None:

@@ -8,7 +8,7 @@ from tqdm import tqdm
 
 from mfmseg.config import EvalConfig
 from mfmseg.data.labels import CITYSCAPES_CLASSES
-from mfmseg.engine.inference import infer
+from mfmseg.engine.inference import infer_labels
 from mfmseg.engine.metrics import ConfusionMatrix, summarize
 
 
@@ -28,8 +28,9 @@ def evaluate(model: nn.Module, dataset, cfg: EvalConfig, *, device: torch.device
             sample = dataset[i]
             img = sample["img"][None].to(device)
             label = sample["label"].to(device)
-            logits = infer(model, img, tuple(label.shape[-2:]), cfg.mode, cfg.window, cfg.stride, cfg.batch_size)
-            cm.update(logits.argmax(1)[0], label)
+            pred = infer_labels(model, img, tuple(label.shape[-2:]), cfg.mode, cfg.window, cfg.stride,
+                                cfg.batch_size)
+            cm.update(pred[0], label)
     finally:
         model.train(was_training)
     return summarize(cm, class_names(model.num_classes))

@@ -14,7 +14,7 @@ from mfmseg.config import Config
 from mfmseg.data.datasets import read_image
 from mfmseg.data.labels import TRAIN_ID_TO_CITYSCAPES_ID
 from mfmseg.data.transforms import normalize, target_size
-from mfmseg.engine.inference import infer
+from mfmseg.engine.inference import infer_labels
 from mfmseg.engine.report import colorize
 from mfmseg.errors import UserError
 from mfmseg.files import atomic_write, check_output_dir
@@ -70,7 +70,10 @@ def render(pred: np.ndarray, image: Image.Image, fmt: str) -> Image.Image:
     color = colorize(pred)
     if fmt == "color":
         return Image.fromarray(color)
-    return Image.fromarray((0.5 * np.asarray(image, np.float32) + 0.5 * color).astype(np.uint8))
+    mixed = np.asarray(image).astype(np.uint16)  # (a + b) // 2 = int(0.5·a + 0.5·b) without float copies
+    mixed += color
+    mixed //= 2
+    return Image.fromarray(mixed.astype(np.uint8))
 
 
 @torch.no_grad()
@@ -83,12 +86,12 @@ def predict_images(model: torch.nn.Module, cfg: Config, inputs: list[str], out_d
     written = []
     for path, rel in tqdm(output_names(collect_inputs(inputs)), desc="predict", unit="img"):
         image = read_image(path)
-        size = target_size(image.width, image.height, cfg.data.val.resize, cfg.data.val.keep_ratio)
+        size = target_size(image.width, image.height, cfg.data.val.resize, cfg.data.val.keep_ratio, f"image {path}")
         x = normalize(np.asarray(image.resize(size, Image.BILINEAR)))[None].to(device)
         window = cfg.eval.window
         mode = "slide" if cfg.eval.mode == "slide" or size[1] > 2 * window[0] or size[0] > 2 * window[1] else "whole"
-        logits = infer(model, x, (image.height, image.width), mode, window, cfg.eval.stride, cfg.eval.batch_size)
-        pred = logits.argmax(1)[0].cpu().numpy()
+        pred = infer_labels(model, x, (image.height, image.width), mode, window, cfg.eval.stride,
+                            cfg.eval.batch_size)[0].cpu().numpy()
         target = out_dir / rel
         atomic_write(target, render(pred, image, fmt).save)
         written.append(target)
