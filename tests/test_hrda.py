@@ -14,9 +14,10 @@ from mfmseg.config import Config, HRDAConfig, ModelConfig, UDAConfig, load_confi
 from mfmseg.engine.export import export_model, load_inference_model
 from mfmseg.engine.optim import param_groups
 from mfmseg.errors import UserError
-from mfmseg.models.hrda import HRDALogits, HRDASegmentor, MultiResFeatures, draw_box, window_starts
+from mfmseg.models.hrda import HRDALogits, HRDASegmentor, MultiResFeatures, draw_box
 from mfmseg.models.released import load_released_checkpoint
 from mfmseg.models.segmentor import weighted_ce
+from mfmseg.models.sliding import window_starts
 from mfmseg.models.zoo import build_model
 from mfmseg.uda.step import UDAStep
 from test_uda_helpers import make_batch

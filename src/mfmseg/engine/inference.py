@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mfmseg.models.hrda import window_starts
+from mfmseg.models.sliding import sliding_window_mean
 
 BAND_BYTES = 4 << 20  # logits of one band of output rows (float32), whatever the output size
 
@@ -39,20 +39,7 @@ def _whole(model: nn.Module, img: Tensor) -> Tensor:
 def _slide(model: nn.Module, img: Tensor, window: tuple[int, int], stride: tuple[int, int],
            batch_size: int) -> Tensor:
     """Float logits at the image's size from overlapping windows (batched), averaged where they overlap."""
-    b, _, h, w = img.shape
-    wh, ww = min(window[0], h), min(window[1], w)
-    boxes = [(y, x) for y in window_starts(h, wh, stride[0]) for x in window_starts(w, ww, stride[1])]
-    logits = count = None
-    for i in range(0, len(boxes), batch_size):
-        chunk = boxes[i:i + batch_size]
-        out = _whole(model, torch.cat([img[:, :, y:y + wh, x:x + ww] for y, x in chunk]))
-        if logits is None:
-            logits = img.new_zeros((b, out.shape[1], h, w), dtype=torch.float32)
-            count = img.new_zeros((1, 1, h, w), dtype=torch.float32)
-        for k, (y, x) in enumerate(chunk):
-            logits[:, :, y:y + wh, x:x + ww] += out[k * b:(k + 1) * b]
-            count[:, :, y:y + wh, x:x + ww] += 1
-    return logits / count
+    return sliding_window_mean(lambda crops: _whole(model, crops), img, window, stride, batch_size)
 
 
 @torch.no_grad()

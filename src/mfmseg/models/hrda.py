@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from mfmseg.errors import UserError
 from mfmseg.models.heads.daformer import conv_bn_relu, embed_levels, mmcv_conv_module
 from mfmseg.models.segmentor import FeatureList, Segmentor, weighted_ce
+from mfmseg.models.sliding import sliding_window_mean
 
 Box = tuple[int, int, int, int]  # (y1, y2, x1, x2) in input pixels, end-exclusive
 
@@ -81,15 +82,6 @@ class ScaleAttentionHead(nn.Module):
 
     def forward(self, feats: list[Tensor]) -> Tensor:
         return self.conv_seg(self.dropout(self.fuse_layer(embed_levels(feats, self.embed_layers))))
-
-
-def window_starts(size: int, window: int, stride: int) -> list[int]:
-    """Offsets of `window`-long windows every `stride` covering [0, size); the last one ends flush with `size`."""
-    window = min(window, size)
-    starts = list(range(0, size - window + 1, stride))
-    if starts[-1] + window < size:
-        starts.append(size - window)
-    return starts
 
 
 def draw_box(height: int, width: int, crop: Sequence[int], divisible: int) -> Box:
@@ -168,21 +160,10 @@ class HRDASegmentor(Segmentor):
         return self.fuse(self.decode_head(context), self.attention(context), self.slide_detail(x), None)
 
     def slide_detail(self, x: Tensor) -> Tensor:
-        """Full-scale logits of x from overlapping `hr_crop` windows, all windows in one encoder batch;
-        overlapping logits are averaged."""
-        b, _, h, w = x.shape
-        wh, ww = min(self.hr_crop[0], h), min(self.hr_crop[1], w)
-        boxes = [(y, y + wh, xx, xx + ww) for y in window_starts(h, wh, self.detail_stride[0])
-                 for xx in window_starts(w, ww, self.detail_stride[1])]
-        crops = torch.cat([x[:, :, y1:y2, x1:x2] for y1, y2, x1, x2 in boxes])
-        logits = self.decode_head(self._encode(crops))
-        s = self.output_stride
-        total = logits.new_zeros((b, logits.shape[1], h // s, w // s), dtype=torch.float32)  # AMP: sum in fp32
-        count = logits.new_zeros((1, 1, h // s, w // s), dtype=torch.float32)
-        for i, (y1, y2, x1, x2) in enumerate(boxes):
-            total[:, :, y1 // s:y2 // s, x1 // s:x2 // s] += logits[i * b:(i + 1) * b]
-            count[:, :, y1 // s:y2 // s, x1 // s:x2 // s] += 1
-        return total / count
+        """Full-scale logits of x at output stride from overlapping `hr_crop` windows, all windows in one
+        encoder batch; overlapping logits are averaged."""
+        run = lambda crops: self.decode_head(self._encode(crops))  # noqa: E731
+        return sliding_window_mean(run, x, self.hr_crop, self.detail_stride, out_stride=self.output_stride)
 
     # ---- shared pieces ----------------------------------------------------------------------------------------
     def attention(self, context: list[Tensor]) -> Tensor:
