@@ -155,6 +155,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mfmseg.data.layouts import DATASET_KINDS  # the one list of dataset kinds (config reads it too)
+
     parser = argparse.ArgumentParser(
         prog="mfmseg",
         description="Domain-adaptive semantic segmentation with Masked Feature Modeling.",
@@ -183,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="write *_labelTrainIds.png and rare-class-sampling statistics",
                        epilog="example: mfmseg prepare gta data/gta --nproc 8")
-    p.add_argument("kind", choices=["gta", "synthia", "cityscapes", "acdc", "darkzurich", "folder"])
+    p.add_argument("kind", choices=DATASET_KINDS)
     p.add_argument("root")
     p.add_argument("--nproc", type=int, default=4)
     p.add_argument("--class-map", default=None, help="folder datasets: YAML class map (default ROOT/classes.yaml)")

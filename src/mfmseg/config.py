@@ -18,6 +18,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
+from mfmseg.data.layouts import DATASET_KINDS  # a leaf of data/: imports nothing that imports config
 from mfmseg.errors import UserError, yaml_error_line
 
 PRESET_DIR = Path(__file__).parent / "configs"
@@ -187,9 +188,9 @@ class Config:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.source.kind": ("gta", "synthia", "cityscapes", "acdc", "darkzurich", "folder"),
-    "data.target.kind": ("gta", "synthia", "cityscapes", "acdc", "darkzurich", "folder"),
-    "data.val.kind": ("gta", "synthia", "cityscapes", "acdc", "darkzurich", "folder"),
+    "data.source.kind": DATASET_KINDS,
+    "data.target.kind": DATASET_KINDS,
+    "data.val.kind": DATASET_KINDS,
     "uda.method": ("source_only", "dacs"),
     "uda.mfm.domain": ("target", "source", "both", "mixed"),
     "optim.name": ("adamw", "sgd"),

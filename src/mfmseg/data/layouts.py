@@ -87,6 +87,7 @@ LAYOUTS: dict[str, Layout] = {
                          stats_split="none", id_map=CITYSCAPES_ID_TO_TRAIN_ID),
     "folder": Layout("folder", "images", "labels", ".png", ".png", False),
 }
+DATASET_KINDS: tuple[str, ...] = tuple(LAYOUTS)  # the one list: config's data.*.kind and `mfmseg prepare` read it
 
 
 def load_class_map(root: Path, path: str | None = None) -> dict[int, int]:
