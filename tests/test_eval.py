@@ -146,7 +146,8 @@ def test_cli_evaluate_predict_and_errors(trained, tiny_benchmark, tmp_path):
     with pytest.raises(UserError, match="neither an mfmseg training checkpoint nor an exported model"):
         load_inference_model(tmp_path / "other.pth")
     wrong = torch.load(trained, weights_only=True)
-    wrong["config"]["model"]["num_classes"] = 16
+    wrong["config"]["model"]["num_classes"] = 16  # a valid config (thing classes < 16) whose weights have 19
+    wrong["config"]["uda"]["fd"]["thing_classes"] = [6, 7, 11, 12, 13, 14, 15]
     torch.save(wrong, tmp_path / "wrong.pth")
     with pytest.raises(UserError, match="does not fit"):
         load_inference_model(tmp_path / "wrong.pth")
