@@ -18,6 +18,7 @@ mfmseg sweep source_only=synthetic_effl0_source_only dacs=synthetic_effl0_dacs d
     "mfm_no_rebuilder=$P uda.mfm.rebuild=false" \
     "mfm_frozen_bn=$P uda.mfm.freeze_decoder_bn=true" \
     "mfm_lambda0=$P uda.mfm.weight=0" \
+    "mfm_grad_only=$P uda.mfm.freeze_encoder_bn=true uda.mfm.freeze_decoder_bn=true" \
     "mfm_lambda0.5=$P uda.mfm.weight=0.5" \
     "mfm_grid8=$P uda.mfm.grid=8" \
     "mfm_both=$P uda.mfm.domain=both" \

@@ -196,3 +196,25 @@ def test_frozen_decoder_bn_keeps_the_running_statistics_of_the_mfm_pass(freeze):
     assert unchanged == freeze and before
     assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert all(p.grad is not None for p in model.decode_head.parameters())  # still trains the decoder
+
+
+def _encoder_bn_stats_after_one_step(freeze_encoder_bn: bool, mfm: bool = True) -> dict[str, torch.Tensor]:
+    from mfmseg.config import FDConfig, UDAConfig
+    from mfmseg.uda.step import UDAStep
+    from test_uda_helpers import make_batch
+
+    cfg = UDAConfig(fd=FDConfig(enabled=False), pseudo_threshold=0.05, pseudo_margins=[0, 0, 0, 0],
+                    mfm=MFMConfig(enabled=mfm, embed_dim=32, num_heads=4, grid=4,
+                                  freeze_encoder_bn=freeze_encoder_bn))
+    step = UDAStep(tiny_student("daformer_efflite0"), cfg, crop_hw=(64, 64), device="cpu")
+    step.train_step(make_batch(0), 0, generator=torch.Generator().manual_seed(0))
+    return {k: v.clone() for k, v in step.student.encoder.state_dict().items() if "running_" in k}
+
+
+def test_freeze_encoder_bn_removes_exactly_the_mfm_pass_from_the_encoder_statistics():
+    """The study's control: with the encoder's BN statistics frozen in the MFM pass, the running statistics after a
+    step are exactly those of DACS without MFM (source and mixed passes alone); without it they move."""
+    frozen = _encoder_bn_stats_after_one_step(True)
+    assert all(torch.equal(frozen[k], v) for k, v in _encoder_bn_stats_after_one_step(False, mfm=False).items())
+    moved = _encoder_bn_stats_after_one_step(False)
+    assert any(not torch.equal(frozen[k], moved[k]) for k in frozen)

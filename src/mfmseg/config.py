@@ -118,6 +118,7 @@ class MFMConfig:
     # controls of the MFM study (docs/study_mfm.md), not the paper's method:
     rebuild: bool = True  # false = "masking without a Rebuilder" (paper ablation): masked positions are zeroed
     freeze_decoder_bn: bool = False  # the MFM decode leaves the decoder's BatchNorm running statistics unchanged
+    freeze_encoder_bn: bool = False  # the MFM pass's encoder forward leaves the BatchNorm running statistics unchanged
 
 
 @dataclass

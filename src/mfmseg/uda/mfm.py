@@ -269,8 +269,12 @@ class MaskedFeatureModelingLoss(AuxiliaryLoss):
     def on_target(self, student: SegmentationModel, tgt: TargetPass, run: Run) -> TermOutput | None:
         if self.cfg.domain not in ("target", "both"):
             return None
-        with run.autocast():
+        # freeze_encoder_bn: the extra clean-target pass must not move the encoder's BatchNorm statistics toward
+        # the target domain (docs/study_mfm.md: that side effect, not the MFM gradient, is what helped on CPU)
+        stats = frozen_bn_statistics(student) if self.cfg.freeze_encoder_bn else contextlib.nullcontext()
+        with run.autocast(), stats:
             feats = student.encode(tgt.img)
+        with run.autocast():
             return self._loss(student, feats, tgt.label, tgt.weight, run, "loss_mfm", tgt.img.shape[-2:])
 
     def param_parts(self) -> list[tuple[str, nn.Module, float]]:
