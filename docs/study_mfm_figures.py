@@ -2,7 +2,9 @@
 
     python docs/study_mfm_figures.py study_mfm/sweep --out docs/figures
 
-Reads every run's `metrics.jsonl`: the pseudo-label weight q (the share of target pixels whose teacher confidence
+Prints the seed-paired summary table of every label with finished runs (the sweep's own aggregation, so runs
+from several `mfmseg sweep` invocations into one folder are reported together), then reads every run's
+`metrics.jsonl`: the pseudo-label weight q (the share of target pixels whose teacher confidence
 is ≥ τ = 0.968, the weight of every target loss, MFM's included) and the MFM loss over training, averaged over
 seeds per label; prints the q table (Markdown) and writes `study_q.png`.
 """
@@ -43,6 +45,24 @@ def mean_curve(label_dir: Path, key: str) -> dict[int, float]:
     return {i: statistics.fmean(r[i] for r in runs) for i in common}
 
 
+def summary_table(sweep: Path, baseline: str) -> str:
+    """Every finished run under `sweep/runs/<label>/seed<S>/summary.json`, aggregated and paired by seed."""
+    from mfmseg.engine.sweep import aggregate
+    from mfmseg.engine.sweep import summary_table as table
+
+    records, labels, seeds = [], [], set()
+    for summary in sorted(sweep.glob("runs/*/seed*/summary.json")):
+        label, seed = summary.parent.parent.name, int(summary.parent.name[len("seed"):])
+        s = json.loads(summary.read_text())
+        records.append({"label": label, "seed": seed, "status": "done", "mIoU": s.get("mIoU"),
+                        "mIoU16": s.get("mIoU16"), "mIoU13": s.get("mIoU13"),
+                        "per_class_iou": s.get("per_class_iou") or {}})
+        labels += [label] if label not in labels else []
+        seeds.add(seed)
+    labels.sort(key=lambda lb: (lb != baseline, lb))
+    return table(aggregate(records, labels, sorted(seeds), baseline if baseline in labels else None))
+
+
 def window_mean(curve: dict[int, float], lo: int, hi: int) -> float | None:
     vals = [v for i, v in curve.items() if lo < i <= hi]
     return statistics.fmean(vals) if vals else None
@@ -53,8 +73,10 @@ def main() -> None:
     ap.add_argument("sweep", type=Path)
     ap.add_argument("--out", type=Path, default=Path("."))
     ap.add_argument("--labels", nargs="*", default=["dacs", "dacs_mfm", "mfm_mask0", "dacs_800", "dacs_mfm_800"])
+    ap.add_argument("--baseline", default="dacs")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    print(summary_table(args.sweep, args.baseline) + "\n")
     fig, (ax_q, ax_l) = plt.subplots(1, 2, figsize=(10, 3.6))
     windows = [(0, 100), (100, 200), (200, 300), (300, 400), (400, 800), (800, 1200)]
     print("| label | " + " | ".join(f"q, it {lo}–{hi}" for lo, hi in windows) + " |")
