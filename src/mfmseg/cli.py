@@ -24,10 +24,12 @@ def _cmd_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([{"name": r["name"], "params": r["params"]} for r in rows]))
         return 0
-    print(f"{'model':<20} {'encoder':<14} {'head':<12} {'params (M)':>10} {'+HRDA (M)':>10}")
+    wn, we, wh = (max(len(h), *(len(r[k]) for r in rows)) for h, k in
+                  (("model", "name"), ("encoder", "encoder"), ("head", "head")))  # columns fit the longest name
+    print(f"{'model':<{wn}} {'encoder':<{we}} {'head':<{wh}} {'params (M)':>10} {'+HRDA (M)':>10}")
     for r in rows:
         hrda = f"{r['hrda_params'] / 1e6:>10.2f}" if r["hrda_params"] is not None else f"{'-':>10}"
-        print(f"{r['name']:<20} {r['encoder']:<14} {r['head']:<12} {r['params'] / 1e6:>10.2f} {hrda}")
+        print(f"{r['name']:<{wn}} {r['encoder']:<{we}} {r['head']:<{wh}} {r['params'] / 1e6:>10.2f} {hrda}")
     print("+HRDA: with model.hrda.enabled=true (multi-resolution training, scale-attention head)")
     return 0
 
