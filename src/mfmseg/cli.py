@@ -144,13 +144,30 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_format(args: argparse.Namespace) -> str:
+    """--format, else from the suffix of --out (`.onnx` -> onnx); torch stays the default."""
+    fmt = args.format or ("onnx" if args.out.lower().endswith(".onnx") else "torch")
+    if fmt == "torch" and (args.labels or args.size):
+        raise UserError("--labels and --size apply to --format onnx only")
+    return fmt
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from mfmseg.config import load_config
-    from mfmseg.engine.export import export_model
     from mfmseg.files import check_output_file
 
     check_output_file(args.out, "--out")
+    fmt = _export_format(args)
     config = load_config(args.config) if args.config else None
+    if fmt == "onnx":
+        from mfmseg.engine.onnx_export import export_onnx
+
+        result = export_onnx(args.checkpoint, args.out, which=args.which, config=config, labels=args.labels,
+                             fixed_size=_parse_size(args.size) if args.size else None)
+        print("\n".join(result.summary()))
+        return 0
+    from mfmseg.engine.export import export_model
+
     out = export_model(args.checkpoint, args.out, which=args.which, config=config)
     print(f"exported inference weights to {out}")
     return 0
@@ -196,10 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, helptext, example in [
         ("evaluate", "mIoU19/16/13 and per-class IoU of a checkpoint on a labelled split",
          "mfmseg evaluate runs/a/latest.pth --data data/cityscapes --mode slide --json eval.json"),
-        ("predict", "segment images, folders or globs",
-         "mfmseg predict model.pth street/*.jpg --out preds --format overlay"),
-        ("export", "inference-only weights: no Rebuilder, no teacher, no optimizer",
-         "mfmseg export runs/a/latest.pth --out model.pth"),
+        ("predict", "segment images, folders or globs (a .pth or an exported .onnx model)",
+         "mfmseg predict model.onnx street/*.jpg --out preds --format overlay"),
+        ("export", "inference-only weights (torch or ONNX): no Rebuilder, no teacher, no optimizer",
+         "mfmseg export runs/a/latest.pth --out model.pth   |   ... --format onnx --out model.onnx"),
     ]:
         p = sub.add_parser(name, help=helptext, epilog=f"example: {example}")
         p.add_argument("checkpoint", help="a training checkpoint (latest.pth), an exported model, or a released "
@@ -223,6 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
             p.set_defaults(func=_cmd_predict)
         else:
             p.add_argument("--out", required=True)
+            p.add_argument("--format", choices=["torch", "onnx"], default=None,
+                           help="torch (default) or onnx (dynamic sizes, metadata, an onnxruntime parity gate; "
+                                "needs pip install 'mfmseg[onnx]'); default: onnx when --out ends in .onnx")
+            p.add_argument("--labels", action="store_true",
+                           help="onnx: output uint8 class ids (argmax in the graph) instead of logits")
+            p.add_argument("--size", default=None, metavar="HxW",
+                           help="onnx, HRDA models only: the fixed input size (default: data.val.resize)")
             p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("train", help="train a preset or YAML config, with key=value overrides",

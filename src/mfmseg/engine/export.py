@@ -64,8 +64,13 @@ def _load_released(path: str | Path, which: str, config: Config | None) -> tuple
 def load_inference_model(path: str | Path, device: str | torch.device = "cpu", which: str = "student",
                          config: Config | None = None) -> tuple[nn.Module, Config]:
     """(Segmentor in eval mode, its Config) from a training checkpoint, an exported model or (with `config`) a
-    released mmseg checkpoint, whose `model` / `ema_model` are our student / teacher."""
+    released mmseg checkpoint, whose `model` / `ema_model` are our student / teacher. An `.onnx` export gives an
+    `OnnxSegmentor` (onnxruntime) with the same `predict` contract, so predict/evaluate run it unchanged."""
     _check_which(which)
+    if Path(path).suffix.lower() == ".onnx":
+        from mfmseg.engine.onnx_runtime import load_onnx_model  # onnxruntime is optional: import on use
+
+        return load_onnx_model(path, str(device), which)
     if Path(path).suffix == ".safetensors":  # only released weights come as safetensors: ours are torch.save'd
         return _to_eval(*_load_released(path, which, config), device)
     ckpt = load_torch_file(path)
