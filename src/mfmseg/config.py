@@ -44,6 +44,9 @@ class ModelConfig:
     num_classes: int = 19
     pretrained: Optional[str] = None  # ImageNet init: a .pth/.safetensors file, a HF folder or hub id; None = random
     decoder_channels: Optional[int] = None  # override the head width (small CPU presets); None = the paper's
+    # the encoder's BatchNorms stay in eval mode in every training pass (running statistics frozen at the pretrained
+    # values, affine weights still train): a BatchNorm encoder whose statistics cannot drift, like a LayerNorm one
+    norm_eval: bool = False
     hrda: HRDAConfig = field(default_factory=HRDAConfig)
 
 
@@ -119,6 +122,10 @@ class MFMConfig:
     rebuild: bool = True  # false = "masking without a Rebuilder" (paper ablation): masked positions are zeroed
     freeze_decoder_bn: bool = False  # the MFM decode leaves the decoder's BatchNorm running statistics unchanged
     freeze_encoder_bn: bool = False  # the MFM pass's encoder forward leaves the BatchNorm running statistics unchanged
+    # which tokens to mask: random (the paper: each token with probability mask_ratio), uncertain / confident
+    # (exactly round(mask_ratio·tokens) tokens drawn with probability growing / shrinking with the teacher's
+    # pseudo-label entropy pooled to the token grid; the paper's future work)
+    mask_strategy: str = "random"
 
 
 @dataclass
@@ -131,6 +138,9 @@ class UDAConfig:
     mix: MixConfig = field(default_factory=MixConfig)
     mic: MICConfig = field(default_factory=MICConfig)
     mfm: MFMConfig = field(default_factory=MFMConfig)
+    # one no-grad, train-mode student forward of the clean target crop per iteration: it only moves BatchNorm
+    # running statistics toward the target domain (AdaBN-style; docs/study_mfm.md)
+    target_bn_pass: bool = False
 
 
 @dataclass
@@ -194,6 +204,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.val.kind": DATASET_KINDS,
     "uda.method": ("source_only", "dacs"),
     "uda.mfm.domain": ("target", "source", "both", "mixed"),
+    "uda.mfm.mask_strategy": ("random", "uncertain", "confident"),
     "optim.name": ("adamw", "sgd"),
     "train.amp": ("none", "bf16", "fp16"),
     "eval.mode": ("whole", "slide"),
@@ -415,6 +426,12 @@ def validate(config: Config) -> None:
         raise UserError("uda.method=source_only has no pseudo-labels: use uda.mfm.domain=source or method=dacs")
     if len(config.uda.pseudo_margins) != 4:
         raise UserError("uda.pseudo_margins must list 4 pixel counts: top, bottom, left, right")
+    if m.enabled and m.mask_strategy != "random" and (m.domain != "target" or config.model.hrda.enabled):
+        raise UserError(f"uda.mfm.mask_strategy={m.mask_strategy} reads the teacher's entropy of the target crop: "
+                        f"it needs uda.mfm.domain=target and a single-scale model (not model.hrda.enabled)")
+    if config.uda.target_bn_pass and config.uda.method == "source_only":
+        raise UserError("uda.target_bn_pass runs in the self-training target stage, which uda.method=source_only "
+                        "does not have: use uda.method=dacs")
     if config.model.hrda.enabled:
         _validate_hrda(config)
 

@@ -23,10 +23,10 @@ import math
 from pathlib import Path
 
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
 from mfmseg.errors import UserError
+from mfmseg.models.batchnorm import checkpoint_frozen_bn
 from mfmseg.models.encoder import PACKAGED, FeatureInfo, load_imagenet_file
 
 BN_EPS = 1e-3
@@ -158,7 +158,7 @@ class EfficientNetLite(nn.Module):
 
     def _block(self, block: nn.Module, x: Tensor) -> Tensor:
         if self.grad_checkpointing and self.training and x.requires_grad:
-            return cp.checkpoint(block, x, use_reentrant=False)
+            return checkpoint_frozen_bn(block, x)
         return block(x)
 
     def forward(self, x: Tensor) -> list[Tensor]:

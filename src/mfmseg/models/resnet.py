@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import math
 
-import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
+from mfmseg.models.batchnorm import checkpoint_frozen_bn
 from mfmseg.models.encoder import FeatureInfo, load_imagenet_file
 
 DEPTHS = {18: ("basic", (2, 2, 2, 2)), 50: ("bottleneck", (3, 4, 6, 3)), 101: ("bottleneck", (3, 4, 23, 3))}
@@ -118,7 +118,7 @@ class ResNetV1c(nn.Module):
         for i, name in enumerate(("layer1", "layer2", "layer3", "layer4")):
             layer = getattr(self, name)
             if self.grad_checkpointing and self.training:
-                x = cp.checkpoint(layer, x, use_reentrant=False)
+                x = checkpoint_frozen_bn(layer, x)
             else:
                 x = layer(x)
             if i in self.out_indices:

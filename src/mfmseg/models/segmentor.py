@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from mfmseg.data.labels import IGNORE_INDEX
 from mfmseg.errors import UserError
+from mfmseg.models.batchnorm import set_bn_eval
 from mfmseg.models.encoder import Encoder
 
 FeatureList = list[Tensor]
@@ -90,15 +91,27 @@ class Segmentor(nn.Module):
     """`feature_channels`, `feature_strides` and `size_multiple` are read from the encoder (`models.encoder`):
     the UDA step, the MFM Rebuilder and HRDA size themselves from these attributes."""
 
-    def __init__(self, encoder: Encoder, decode_head: nn.Module, *, num_classes: int) -> None:
+    def __init__(self, encoder: Encoder, decode_head: nn.Module, *, num_classes: int, norm_eval: bool = False
+                 ) -> None:
         super().__init__()
         self.encoder = encoder
+        self.norm_eval = norm_eval
         self.decode_head = decode_head
         self.num_classes = num_classes
         self.feature_channels = [f.channels for f in encoder.feature_info]
         self.feature_strides = [f.stride for f in encoder.feature_info]
         self.output_stride = int(decode_head.output_stride)
         self.size_multiple = int(encoder.size_multiple)
+        self.train(self.training)  # a new module is in train mode: norm_eval applies from the start
+
+    def train(self, mode: bool = True) -> "Segmentor":
+        """`norm_eval` (mmsegmentation's name): the encoder's BatchNorms stay in eval mode in every training pass,
+        student's and teacher's, so their running statistics stay the pretrained ones and no pass can move them
+        toward the target domain: the BatchNorm analogue of a LayerNorm encoder. Affine weights still train."""
+        super().train(mode)
+        if mode and self.norm_eval:
+            set_bn_eval(self.encoder)
+        return self
 
     def _check_input(self, x: Tensor) -> None:
         if not torch.is_tensor(x) or x.dim() != 4 or not x.is_floating_point():

@@ -93,7 +93,7 @@ def build_model(cfg: ModelConfig) -> Segmentor:
     overrides = _head_overrides(spec.head, cfg.decoder_channels)
     encoder = spec.encoder()
     head = spec.head([f.channels for f in encoder.feature_info], cfg.num_classes, **overrides)
-    model = Segmentor(encoder, head, num_classes=cfg.num_classes)
+    model = Segmentor(encoder, head, num_classes=cfg.num_classes, norm_eval=cfg.norm_eval)
     if cfg.hrda.enabled:
         h = cfg.hrda
         model = HRDASegmentor(model, hr_crop=h.hr_crop, attention_embed_dim=h.attention_embed_dim,

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mfmseg.config import MFMConfig
+from mfmseg.models.batchnorm import frozen_bn_statistics
 from mfmseg.models.segmentor import SegmentationModel, resize_logits
 from mfmseg.uda.term import AuxiliaryLoss, MixedPass, Run, SourcePass, TargetPass, TermOutput, Visuals
 
@@ -150,9 +151,19 @@ class Rebuilder(nn.Module):
                    embed_dim=cfg.embed_dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
                    grid=cfg.grid, mask_ratio=cfg.mask_ratio, rebuild=cfg.rebuild)
 
-    def draw_mask(self, batch: int, generator: torch.Generator | None = None) -> Tensor:
-        """B×grid×grid bool, True = masked: a token is kept when U(0,1) > mask_ratio."""
-        return torch.rand((batch, self.grid, self.grid), generator=generator) <= self.mask_ratio
+    def draw_mask(self, batch: int, generator: torch.Generator | None = None,
+                  token_weights: Tensor | None = None) -> Tensor:
+        """B×grid×grid bool, True = masked. Without weights (the paper) a token is kept when U(0,1) > mask_ratio;
+        with B×grid×grid `token_weights` exactly round(mask_ratio·grid²) tokens per image are drawn without
+        replacement, each with probability proportional to its weight."""
+        if token_weights is None:
+            return torch.rand((batch, self.grid, self.grid), generator=generator) <= self.mask_ratio
+        flat = token_weights.detach().float().cpu().reshape(batch, -1)
+        count = round(self.mask_ratio * flat.shape[1])
+        mask = torch.zeros_like(flat, dtype=torch.bool)
+        if count:
+            mask.scatter_(1, torch.multinomial(flat, count, replacement=False, generator=generator), True)
+        return mask.reshape(batch, self.grid, self.grid)
 
     def tokens(self, deepest: Tensor, token_mask: Tensor) -> Tensor:
         """Embed, resize to the grid, mask, add positions, run the blocks: B×D×grid×grid."""
@@ -168,12 +179,13 @@ class Rebuilder(nn.Module):
         x = self.norm(x)
         return x.transpose(1, 2).reshape(x.shape[0], self.embed_dim, self.grid, self.grid)
 
-    def forward(self, feats: Sequence[Tensor], generator: torch.Generator | None = None
-                ) -> tuple[list[Tensor], Tensor]:
-        """(rebuilt features, token_mask B×grid×grid bool, True = masked); visible positions keep `feats`."""
+    def forward(self, feats: Sequence[Tensor], generator: torch.Generator | None = None,
+                token_weights: Tensor | None = None) -> tuple[list[Tensor], Tensor]:
+        """(rebuilt features, token_mask B×grid×grid bool, True = masked); visible positions keep `feats`.
+        `token_weights` (B×grid×grid): draw the mask by weight (`draw_mask`) instead of uniformly."""
         if len(feats) != len(self.in_channels):
             raise ValueError(f"Rebuilder built for {len(self.in_channels)} levels, got {len(feats)}")
-        token_mask = self.draw_mask(feats[0].shape[0], generator).to(feats[-1].device)
+        token_mask = self.draw_mask(feats[0].shape[0], generator, token_weights).to(feats[-1].device)
         rebuilt = []
         if not self.rebuild:
             for feat in feats:
@@ -196,39 +208,22 @@ class MFMOutput(NamedTuple):
     logits: Tensor  # decoder logits on the rebuilt features, at output stride
 
 
-@contextlib.contextmanager
-def frozen_bn_statistics(module: nn.Module) -> Iterator[None]:
-    """BatchNorms keep normalising with batch statistics but do not update their running statistics (momentum 0).
-
-    The MFM decode is the last train-mode pass of each step, so without this about a third of the decoder's
-    evaluation statistics would come from rebuilt features, which the network never sees at test time.
-    """
-    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
-    saved = [m.momentum for m in norms]
-    for m in norms:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, momentum in zip(norms, saved):
-            m.momentum = momentum
-
-
 def mfm_loss(segmentor: SegmentationModel, rebuilder: Rebuilder, feats: object, labels: Tensor,
              weight: Tensor | None, generator: torch.Generator | None = None,
-             freeze_decoder_bn: bool = False) -> MFMOutput:
+             freeze_decoder_bn: bool = False, token_weights: Tensor | None = None) -> MFMOutput:
     """The segmentor's own loss of decode(rebuilt features) against `labels` and `weight`.
 
     Every single-scale feature list in the training features is rebuilt with its own token mask
     (`segmentor.map_features`). For HRDA (our reading; the paper does not say) that is the context and the detail
     list, decoded through the HRDA head (fusion, detail window) and scored with the HRDA loss. The returned token
     mask is the first list's (HRDA: the context's), the logits `segmentor.output_logits` (HRDA: the fused map).
+    `token_weights` (single-scale models only) draws the mask by weight (`Rebuilder.draw_mask`).
     """
     bn_context = frozen_bn_statistics(segmentor) if freeze_decoder_bn else contextlib.nullcontext()
     masks: list[Tensor] = []
 
     def rebuild(level_feats: list[Tensor]) -> list[Tensor]:
-        rebuilt, token_mask = rebuilder(level_feats, generator=generator)
+        rebuilt, token_mask = rebuilder(level_feats, generator=generator, token_weights=token_weights)
         masks.append(token_mask)
         return rebuilt
 
@@ -250,8 +245,9 @@ class MaskedFeatureModelingLoss(AuxiliaryLoss):
         self.rebuilder = Rebuilder.for_segmentor(student, student.encoder_input_size(crop_hw), cfg)
 
     def _loss(self, student: SegmentationModel, feats: object, labels: Tensor, weight: Tensor | None,
-              run: Run, name: str, size: Sequence[int]) -> TermOutput:
-        out = mfm_loss(student, self.rebuilder, feats, labels, weight, run.generator, self.cfg.freeze_decoder_bn)
+              run: Run, name: str, size: Sequence[int], token_weights: Tensor | None = None) -> TermOutput:
+        out = mfm_loss(student, self.rebuilder, feats, labels, weight, run.generator, self.cfg.freeze_decoder_bn,
+                       token_weights)
         return TermOutput({name: self.cfg.weight * out.loss}, mfm_visuals(out.token_mask, out.logits, size))
 
     def on_source(self, student: SegmentationModel, src: SourcePass, run: Run) -> TermOutput | None:
@@ -274,14 +270,30 @@ class MaskedFeatureModelingLoss(AuxiliaryLoss):
         stats = frozen_bn_statistics(student) if self.cfg.freeze_encoder_bn else contextlib.nullcontext()
         with run.autocast(), stats:
             feats = student.encode(tgt.img)
+        weights = mask_weights(tgt.entropy, self.rebuilder.grid, self.cfg.mask_strategy)
         with run.autocast():
-            return self._loss(student, feats, tgt.label, tgt.weight, run, "loss_mfm", tgt.img.shape[-2:])
+            return self._loss(student, feats, tgt.label, tgt.weight, run, "loss_mfm", tgt.img.shape[-2:], weights)
 
     def param_parts(self) -> list[tuple[str, nn.Module, float]]:
         return [("rebuilder", self.rebuilder, self.cfg.lr)]  # its own lr: never the head's 10×
 
     def checkpoint_sections(self) -> dict[str, nn.Module]:
         return {"rebuilder": self.rebuilder}
+
+
+MASK_WEIGHT_FLOOR = 1e-3  # every token keeps a chance to be masked, however (un)certain the teacher is
+
+
+def mask_weights(entropy: Tensor | None, grid: int, strategy: str) -> Tensor | None:
+    """Token weights for `Rebuilder.draw_mask`: None for `random` (the paper's uniform mask); otherwise the
+    teacher's normalised pixel entropy (B×H×W, in [0, 1]) averaged over each token's pixels, as is (`uncertain`)
+    or as 1 − entropy (`confident`), plus a small floor."""
+    if strategy == "random":
+        return None
+    if entropy is None:
+        raise ValueError(f"mask_strategy={strategy} needs the teacher's entropy of the target crop")
+    pooled = F.adaptive_avg_pool2d(entropy[:, None].float(), (grid, grid))[:, 0]
+    return (pooled if strategy == "uncertain" else 1.0 - pooled).clamp_min(0) + MASK_WEIGHT_FLOOR
 
 
 def mfm_visuals(token_mask: Tensor, logits: Tensor, size: Sequence[int]) -> Visuals:

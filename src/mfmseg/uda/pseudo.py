@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -21,6 +22,14 @@ def pseudo_label(teacher_logits: Tensor, threshold: float, margins: Sequence[int
     max_prob, labels = prob.max(dim=1)
     q = max_prob.ge(threshold).float().mean()
     return labels, zero_margins(q * torch.ones_like(max_prob), margins)
+
+
+@torch.no_grad()
+def normalised_entropy(logits: Tensor) -> Tensor:
+    """B×H×W entropy of softmax(logits) over the C classes divided by log C: 0 = certain, 1 = uniform."""
+    log_prob = torch.log_softmax(logits.detach().float(), dim=1)
+    entropy = -(log_prob.exp() * log_prob).sum(dim=1)
+    return entropy / math.log(logits.shape[1]) if logits.shape[1] > 1 else torch.zeros_like(entropy)
 
 
 def zero_margins(weight: Tensor, margins: Sequence[int]) -> Tensor:

@@ -27,7 +27,8 @@ from mfmseg.uda.fd import FeatureDistanceLoss
 from mfmseg.uda.mfm import MaskedFeatureModelingLoss
 from mfmseg.uda.mic import MaskedImageConsistencyLoss
 from mfmseg.uda.mixing import class_mix_masks, mix, strong_augment
-from mfmseg.uda.pseudo import pseudo_label, zero_margins
+from mfmseg.uda.pseudo import normalised_entropy, pseudo_label, zero_margins
+from mfmseg.uda.target_bn import TargetStatisticsPass
 from mfmseg.uda.term import AuxiliaryLoss, MixedPass, Run, SourcePass, TargetPass, TermOutput, Visuals
 
 
@@ -42,6 +43,8 @@ def build_terms(student: SegmentationModel, cfg: UDAConfig, crop_hw: Sequence[in
         terms["mic"] = MaskedImageConsistencyLoss(cfg.mic, cfg.mix)
     if cfg.mfm.enabled:
         terms["mfm"] = MaskedFeatureModelingLoss(student, crop_hw, cfg.mfm)
+    if cfg.target_bn_pass and self_training:
+        terms["target_bn"] = TargetStatisticsPass()
     return terms
 
 
@@ -107,9 +110,9 @@ class UDAStep(nn.Module):
         self._source_pass(src_img, src_label, run, losses, panel, scaler)
         if self.teacher is not None:
             tgt_img = batch["tgt_img"]
-            labels, weight = self._pseudo_labels(tgt_img, run, losses)
+            labels, weight, entropy = self._pseudo_labels(tgt_img, run, losses)
             self._mixed_pass(src_img, src_label, tgt_img, labels, weight, run, losses, panel, scaler)
-            target = TargetPass(tgt_img, labels, weight)
+            target = TargetPass(tgt_img, labels, weight, entropy)
             for term in self.terms.values():
                 self._backward(term.on_target(self.student, target, run), run, losses, panel, scaler)
             panel.append(lambda: {"tgt_img": tgt_img, "pseudo_label": labels})
@@ -129,14 +132,17 @@ class UDAStep(nn.Module):
         panel.append(lambda: {"src_img": img, "src_label": label})
 
     @torch.no_grad()
-    def _pseudo_labels(self, tgt_img: Tensor, run: Run, losses: dict) -> tuple[Tensor, Tensor]:
+    def _pseudo_labels(self, tgt_img: Tensor, run: Run, losses: dict) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Labels, their weight and, when a term reads it (`uda.mfm.mask_strategy`), the teacher's entropy."""
         set_teacher_mode(self.teacher)
         with run.autocast():
             logits = self.teacher(tgt_img)  # inference path: HRDA slides its detail windows over the crop
         logits = resize_logits(logits.float(), tuple(tgt_img.shape[-2:]))
         labels, weight = pseudo_label(logits, self.cfg.pseudo_threshold)
         losses["pseudo_q"] = float(weight.flatten()[0])  # read before the margins may zero every pixel
-        return labels, zero_margins(weight, self.cfg.pseudo_margins)
+        wants_entropy = self.cfg.mfm.enabled and self.cfg.mfm.mask_strategy != "random"
+        entropy = normalised_entropy(logits) if wants_entropy else None
+        return labels, zero_margins(weight, self.cfg.pseudo_margins), entropy
 
     def _mixed_pass(self, src_img: Tensor, src_label: Tensor, tgt_img: Tensor, labels: Tensor, weight: Tensor,
                     run: Run, losses: dict, panel: list, scaler: Any) -> None:

@@ -63,6 +63,7 @@ class TargetPass:
     img: Tensor  # the un-augmented target crop
     label: Tensor  # the teacher's pseudo-labels
     weight: Tensor  # their per-pixel weight (confidence q, 0 on the ignore margins)
+    entropy: Tensor | None = None  # B×H×W entropy of the teacher's softmax / log(classes), in [0, 1]
 
 
 @dataclass
