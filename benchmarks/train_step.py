@@ -24,6 +24,7 @@ import time
 VARIANTS = {
     "baseline": ["uda.mfm.enabled=false"],
     "baseline+ckpt": ["uda.mfm.enabled=false", "train.grad_checkpointing=true"],
+    "baseline+bnpass": ["uda.mfm.enabled=false", "uda.target_bn_pass=true"],
     "mfm": ["uda.mfm.enabled=true"],
     "mfm+ckpt": ["uda.mfm.enabled=true", "train.grad_checkpointing=true"],
     "mfm-mixed": ["uda.mfm.enabled=true", "uda.mfm.domain=mixed"],
