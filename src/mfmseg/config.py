@@ -176,6 +176,7 @@ class TrainConfig:
     compile: bool = False
     sync_bn: bool = False
     deterministic: bool = False
+    dist_timeout_s: int = 1800  # multi-GPU: how long a rank waits in a collective for the others
 
 
 @dataclass
@@ -355,6 +356,7 @@ RANGES: dict[str, str] = {
     "optim.min_lr": ">=0",
     "train.max_iters": ">=0", "train.eval_interval": ">=-1",  # -1: never evaluate (no validation set needed)
     "train.checkpoint_interval": ">=0", "train.log_interval": ">=1", "train.panel_interval": ">=0",
+    "train.dist_timeout_s": ">=1",
     "eval.window": ">0", "eval.stride": ">0", "eval.batch_size": ">=1",
 }
 PAIRS = [*(f"data.{d}.{k}" for d in _DATASETS for k in ("resize", "crop")), "optim.betas", "eval.window",

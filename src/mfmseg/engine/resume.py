@@ -20,7 +20,7 @@ from mfmseg.errors import UserError
 # Keys (glob patterns) a resume may change; everything else must equal the checkpoint's config.
 RESUMABLE = (
     "work_dir", "train.resume", "train.max_iters", "train.*_interval", "train.device", "train.compile",
-    "train.grad_checkpointing", "train.deterministic",
+    "train.grad_checkpointing", "train.deterministic", "train.dist_timeout_s",
     "optim.lr", "optim.head_lr_mult", "optim.weight_decay", "optim.warmup_iters", "optim.warmup_ratio",
     "optim.power", "optim.min_lr", "uda.mfm.lr",
     "data.num_workers", "data.*.root", "data.val.*", "eval.*",

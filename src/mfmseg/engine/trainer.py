@@ -93,7 +93,7 @@ class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.ctx = init_distributed("cuda" if cfg.train.device.startswith("cuda") or (
-            cfg.train.device == "auto" and torch.cuda.is_available()) else "cpu")
+            cfg.train.device == "auto" and torch.cuda.is_available()) else "cpu", cfg.train.dist_timeout_s)
         self.device = resolve_device(cfg.train.device, self.ctx)
         self.work_dir = Path(cfg.work_dir)
         self.amp_dtype = AMP_DTYPES[cfg.train.amp]
@@ -121,7 +121,7 @@ class Trainer:
         if self.ctx.enabled:
             broadcast_state(self.step.sections().values())
         self.val_set = (build_dataset(cfg.data.val, "val", num_classes=cfg.model.num_classes)
-                        if self.ctx.is_main and cfg.train.eval_interval >= 0 else None)
+                        if cfg.train.eval_interval >= 0 else None)  # every rank evaluates its share
         self._write_run_files()
         self.writer = self._tensorboard() if self.ctx.is_main else None
         self.last_eval: dict | None = None
@@ -253,13 +253,17 @@ class Trainer:
         bar.set_postfix({k.replace("loss_", ""): f"{v:.3f}" for k, v in mean.items()}, refresh=False)
 
     def _evaluate(self, done: int) -> None:
-        if not self.ctx.is_main or self.val_set is None:
+        """On every rank (each evaluates its share of the images); rank 0 logs the result."""
+        if self.val_set is None:
             return
         self.student.eval()
         with torch.no_grad():
-            result = evaluate(self.student, self.val_set, self.cfg.eval, device=self.device, progress=False)
+            result = evaluate(self.student, self.val_set, self.cfg.eval, device=self.device, progress=False,
+                              ctx=self.ctx)
         self.student.train()
         self.last_eval = {"iter": done, **result}
+        if not self.ctx.is_main:
+            return
         _append_jsonl(self.work_dir / "metrics.jsonl", {"kind": "val", **self.last_eval})
         if self.writer is not None:
             self.writer.add_scalar("val/mIoU", result["mIoU"], done)
@@ -307,9 +311,9 @@ class Trainer:
 
     def _finish(self, iters: int, seconds: float) -> dict:
         summary: dict = {}
+        if self.last_eval is None or self.last_eval["iter"] != iters:
+            self._evaluate(iters)
         if self.ctx.is_main:
-            if self.last_eval is None or self.last_eval["iter"] != iters:
-                self._evaluate(iters)
             result = self.last_eval or {}
             summary = {"mIoU": result.get("mIoU"), "mIoU16": result.get("mIoU16"), "mIoU13": result.get("mIoU13"),
                        "per_class_iou": result.get("per_class_iou", {}), "iters": iters,
@@ -324,12 +328,14 @@ class Trainer:
                 self.writer.close()
         return summary
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """Release the run; `failed`: this rank is ending on an error, so leave the process group without meeting
+        the other ranks (see `shutdown_distributed`)."""
         if self.writer is not None:
             self.writer.close()
         del self.step, self.student, self.optimizer
         if self.ctx.enabled:
-            shutdown_distributed()
+            shutdown_distributed(failed=failed)
 
 
 def _remove_unfinished(work_dir: Path) -> None:
@@ -347,9 +353,12 @@ def train(cfg: Config, stop_after: int | None = None) -> dict:
     try:
         trainer = Trainer(cfg)
         try:
-            return trainer.run(stop_after=stop_after)
-        finally:
-            trainer.close()
+            summary = trainer.run(stop_after=stop_after)
+        except BaseException:
+            trainer.close(failed=True)
+            raise
+        trainer.close()
+        return summary
     except BaseException:
         if created:
             _remove_unfinished(Path(cfg.work_dir))
