@@ -129,6 +129,49 @@ def _two_outputs(c: Ctx) -> None:
     assert sorted(p.name for p in (c.tmp / "preds").iterdir()) == ["x_jpg.png", "x_png.png"]
 
 
+def _rgb(path: Path, hw: tuple[int, int] = (40, 60)) -> Image.Image:
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (*hw, 3), np.uint8))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return img
+
+
+def _folder_with_bad(c: Ctx) -> None:
+    """Two readable images, a text file named .png and a truncated JPEG, in one folder."""
+    _rgb(c.tmp / "in" / "a.png")
+    _rgb(c.tmp / "in" / "b.jpg")
+    (c.tmp / "in" / "bad.png").write_text("not an image")
+    (c.tmp / "in" / "cut.jpg").write_bytes((c.tmp / "in" / "b.jpg").read_bytes()[:200])
+
+
+def _symlink_loop(c: Ctx) -> None:
+    _rgb(c.tmp / "in" / "a.png")
+    (c.tmp / "in" / "loop.png").symlink_to("loop.png")
+
+
+def _readable_written(c: Ctx) -> None:
+    """Every readable input (a.*, b.*) has its prediction."""
+    readable = sorted(f"{p.stem}.png" for p in (c.tmp / "in").iterdir() if p.stem in ("a", "b"))
+    assert sorted(p.name for p in (c.tmp / "o").iterdir()) == readable
+
+
+LONG = ["a" * 250 + ".jpg", "é" * 125 + ".png"]  # 254 characters; 254 bytes in UTF-8
+
+
+def _long_names(c: Ctx) -> None:
+    for name in LONG:
+        _rgb(c.tmp / "in" / name)
+
+
+def _long_outputs(c: Ctx) -> None:
+    assert sorted(p.name for p in (c.tmp / "o").iterdir()) == sorted(Path(n).stem + ".png" for n in LONG)
+
+
+def _long_unreadable(c: Ctx) -> None:
+    (c.tmp / "in").mkdir()
+    (c.tmp / "in" / LONG[0]).write_text("not an image")
+
+
 def _train_then(stop: int = 2) -> Callable[[Ctx], None]:
     """A finished 2-iteration run in `run/` (the resume cases start from it)."""
     def setup(c: Ctx) -> None:
@@ -213,6 +256,15 @@ CASES = [
                       ("train.log_interval=0", "train.log_interval"), ("eval.stride=[0,0]", "eval.stride"),
                       ("train.max_iters=[", "not valid YAML"), ("train.device=gpu", "not a device")]],
     Case("config-yaml-line", lambda c: ["train", str(c.tmp / "bad.yaml")], 2, "line 3", setup=_yaml_error),
+    # a plain value where a section belongs: named, not a crash inside the error handler
+    *[Case(f"config-section-value-{o.split('=')[0]}", lambda c, o=o: c.train("wd", o), 2, "is a section",
+           check=_no_dir("wd")) for o in ("uda.mfm=true", "data.rcs=5", "train=[1]")],
+    *[Case(f"config-section-value-yaml-{i}", lambda c: ["train", str(c.tmp / "s.yaml")], 2, f"'{key}' in",
+           setup=lambda c, text=text: (c.tmp / "s.yaml").write_text(text))
+      for i, (text, key) in enumerate([("data:\n  rcs: 5\n", "data.rcs"), ("uda:\n  mfm: [1, 2]\n", "uda.mfm")])],
+    # an unknown key with no near neighbour gets the keys of its level, never an unrelated guess
+    Case("config-unknown-foo", lambda c: c.train("wd", "foo=1"), 2, "top-level keys: work_dir"),
+    Case("config-unknown-in-section", lambda c: c.train("wd", "optim.banana=2"), 2, "keys of optim: name"),
     # 3. outputs: checked before the work, one line naming the path, no temporary file left
     Case("evaluate-json-folder", lambda c: ["evaluate", str(c.model), "--json", str(c.tmp / "j")], 2, "folder",
          setup=_folder("j")),
@@ -246,6 +298,19 @@ CASES = [
     Case("predict-same-stem", lambda c: ["predict", str(c.model), str(c.tmp / "x.png"), str(c.tmp / "x.jpg"),
                                          "--out", str(c.tmp / "preds"), "--device", "cpu"], 0, "wrote 2",
          setup=_same_stem, check=_two_outputs),
+    # a batch: every readable image is written, the unreadable ones are listed at the end (exit 2)
+    Case("predict-folder-unreadable", lambda c: ["predict", str(c.model), str(c.tmp / "in"), "--out",
+                                                 str(c.tmp / "o"), "--device", "cpu"], 2, "2 of 4 images",
+         setup=_folder_with_bad, check=_readable_written),
+    Case("predict-symlink-loop", lambda c: ["predict", str(c.model), str(c.tmp / "in"), "--out", str(c.tmp / "o"),
+                                            "--device", "cpu"], 2, "loop.png", setup=_symlink_loop,
+         check=_readable_written),
+    # legal names near the 255-byte limit: the temporary name fits, an error names the real file, no empty --out
+    Case("predict-long-names", lambda c: ["predict", str(c.model), str(c.tmp / "in"), "--out", str(c.tmp / "o"),
+                                          "--device", "cpu"], 0, "wrote 2", setup=_long_names, check=_long_outputs),
+    Case("predict-long-name-unreadable", lambda c: ["predict", str(c.model), str(c.tmp / "in"), "--out",
+                                                    str(c.tmp / "o"), "--device", "cpu"], 2, LONG[0],
+         setup=_long_unreadable, check=_no_dir("o")),
 ]
 
 

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from mfmseg.data.layouts import DATASET_KINDS  # a leaf of data/: imports nothing that imports config
-from mfmseg.errors import UserError, yaml_error_line
+from mfmseg.errors import UserError, first_line, yaml_error_line
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -223,19 +223,46 @@ def _all_keys(node: Any, prefix: str = "") -> list[str]:
 
 
 def _nearest(key: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    if not close:  # compare the last component too: `train.max_iter` -> `train.max_iters`
-        leaf = key.rsplit(".", 1)[-1]
-        by_leaf = {k.rsplit(".", 1)[-1]: k for k in valid}
-        close = [by_leaf[m] for m in difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.5)]
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    """A hint for an unknown key: the close name at the level where it goes wrong (`trian` -> `train`,
+    `train.max_iter` -> `train.max_iters`), else the same name in another section, else the keys at that level. A key
+    with no near neighbour (`foo`) gets the list, never an unrelated guess."""
+    parts = key.split(".")
+    depth = next(i for i in range(len(parts)) if ".".join(parts[: i + 1]) not in valid)
+    prefix = ".".join(parts[:depth] + [""]) if depth else ""
+    level = [k[len(prefix):] for k in valid if k.startswith(prefix) and "." not in k[len(prefix):]]
+    close = difflib.get_close_matches(parts[depth], level, n=1, cutoff=0.7)
+    if close:
+        fixed = ".".join(parts[:depth] + close + parts[depth + 1:])
+        return f" (did you mean '{fixed if fixed in valid else prefix + close[0]}'?)"
+    elsewhere = [k for k in valid if k.rsplit(".", 1)[-1] == parts[depth]]  # `mfm` -> `uda.mfm`
+    if elsewhere:
+        return f" (did you mean {' or '.join(repr(k) for k in elsewhere[:3])}?)"
+    if not level:
+        return f" ('{prefix.rstrip('.')}' is a value, not a section)"
+    return f" ({'keys of ' + prefix.rstrip('.') if prefix else 'top-level keys'}: {', '.join(level)})"
+
+
+def _check_sections(data: dict, schema: dict, where: str, prefix: str = "") -> None:
+    """A plain value where a section belongs (`uda.mfm=true`, `rcs: 5` under `data:`) is named here: OmegaConf
+    would refuse it with an error that carries no message."""
+    for key, value in data.items():
+        section = schema.get(key)
+        if not isinstance(section, dict):
+            continue
+        if not isinstance(value, dict):
+            raise UserError(f"config key '{prefix}{key}' in {where} is a section, not a value (got {value!r}): set "
+                            f"its keys instead, e.g. {prefix}{key}.{next(iter(section))}= (keys: "
+                            f"{', '.join(section)})")
+        _check_sections(value, section, where, f"{prefix}{key}.")
 
 
 def _check_keys(data: dict, where: str) -> None:
-    valid = _all_keys(OmegaConf.to_container(OmegaConf.structured(Config)))
+    schema = OmegaConf.to_container(OmegaConf.structured(Config))
+    valid = _all_keys(schema)
     for key in _all_keys(data):
         if key not in valid:
             raise UserError(f"unknown config key '{key}' in {where}{_nearest(key, valid)}")
+    _check_sections(data, schema, where)
 
 
 def _merge(base: DictConfig, data: dict, where: str) -> DictConfig:
@@ -243,9 +270,9 @@ def _merge(base: DictConfig, data: dict, where: str) -> DictConfig:
     try:
         return OmegaConf.merge(base, data)
     except ValidationError as e:
-        raise UserError(f"bad value for '{e.full_key}' in {where}: {e.msg.splitlines()[0]}") from None
+        raise UserError(f"bad value for '{e.full_key}' in {where}: {first_line(e)}") from None
     except OmegaConfBaseException as e:
-        raise UserError(f"config error in {where}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"config error in {where}: {first_line(e)}") from None
 
 
 def _parse_overrides(overrides: list[str]) -> dict:

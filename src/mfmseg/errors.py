@@ -34,7 +34,7 @@ class UserError(Exception):
         super().__init__(message, *args)
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
 
@@ -49,7 +49,7 @@ def _is_out_of_memory(e: BaseException) -> bool:
 
 def _os_message(e: OSError) -> str:
     """`<reason>: <path>` (the path is what the user can act on); disk full says so."""
-    reason = e.strerror or _first_line(e)
+    reason = e.strerror or first_line(e)
     paths = [str(p) for p in (e.filename, e.filename2) if p is not None]
     return f"{reason}: {' -> '.join(paths)}" if paths else reason
 
@@ -65,7 +65,7 @@ def user_message(e: BaseException) -> str | None:
     if isinstance(e, OSError):
         return _os_message(e)
     if _is_out_of_memory(e):
-        return (f"out of memory ({_first_line(e)[:160]}): use smaller inputs (data.*.resize, data.batch_size) "
+        return (f"out of memory ({first_line(e)[:160]}): use smaller inputs (data.*.resize, data.batch_size) "
                 f"or sliding-window inference (eval.mode=slide, eval.batch_size=1)")
     return None
 
@@ -80,11 +80,11 @@ def describe_load_failure(e: BaseException) -> str:
         return "the file is empty, truncated or corrupt"
     if isinstance(e, KeyError) or "invalid load key" in text:
         return "not a PyTorch file (neither a zip archive nor a pickle)"
-    return _first_line(e)[:200]
+    return first_line(e)[:200]
 
 
 def yaml_error_line(e: Exception) -> str:
     """A PyYAML error as `line L, column C: problem`: the line number is what the user needs to find it."""
     mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-    problem = getattr(e, "problem", None) or _first_line(e)
+    problem = getattr(e, "problem", None) or first_line(e)
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark is not None else problem

@@ -9,6 +9,7 @@ long work (an evaluation, a training run) rather than after it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,10 +18,19 @@ from typing import Callable, Iterator
 from mfmseg.errors import UserError
 
 
+NAME_MAX = 255  # bytes in one file name (ext4, xfs, btrfs, tmpfs)
+
+
 def temp_path(path: Path) -> Path:
     """`x.png` -> `x.tmp.png`: the suffix stays (PIL and matplotlib pick the format from it) and dataset scans
-    skip names containing `.tmp.`."""
-    return path.with_name(f"{path.stem}.tmp{path.suffix}")
+    skip names containing `.tmp.`. A legal name near NAME_MAX would overflow with `.tmp`: its stem is cut and a
+    hash of the whole name keeps two long names with the same start apart."""
+    name = f"{path.stem}.tmp{path.suffix}"
+    if len(name.encode()) <= NAME_MAX:
+        return path.with_name(name)
+    tail = f"~{hashlib.sha1(path.name.encode()).hexdigest()[:8]}.tmp{path.suffix}"
+    stem = path.stem.encode()[: NAME_MAX - len(tail.encode())].decode(errors="ignore")
+    return path.with_name(stem + tail)
 
 
 # torch.save reports a short write (full disk, quota) as a RuntimeError of its zip writer, not as an OSError

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import glob
+import os
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +47,10 @@ def collect_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
 
 def output_names(found: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
     """(image, output path relative to --out): `x.jpg` and `x.png` would both become `x.png` and overwrite each
-    other, so colliding names keep their suffix (`x_jpg.png`, `x_png.png`); the same file given twice counts once."""
-    unique = list({path.resolve(): (path, rel) for path, rel in found}.values())
+    other, so colliding names keep their suffix (`x_jpg.png`, `x_png.png`); the same file given twice counts once.
+    `os.path.realpath` rather than `Path.resolve`: a symlink loop stays itself (reading it then fails, naming it)
+    instead of raising RuntimeError here."""
+    unique = list({os.path.realpath(path): (path, rel) for path, rel in found}.values())
     plain = [rel.with_suffix(".png") for _, rel in unique]
     counts: dict[Path, int] = {}
     for out in plain:
@@ -76,23 +81,56 @@ def render(pred: np.ndarray, image: Image.Image, fmt: str) -> Image.Image:
     return Image.fromarray(mixed.astype(np.uint8))
 
 
+def _load(path: Path, cfg: Config) -> tuple[Image.Image, tuple[int, int]]:
+    """The image as displayed and the (W, H) the network sees it at; a UserError naming the file if unreadable."""
+    image = read_image(path)
+    return image, target_size(image.width, image.height, cfg.data.val.resize, cfg.data.val.keep_ratio,
+                              f"image {path}")
+
+
+def _unreadable(failed: list[str], total: int, written: int, out_dir: Path) -> UserError:
+    """One error for the images that could not be read: itself when alone, else a count after the list."""
+    if len(failed) == 1:
+        return UserError(f"{failed[0]} (wrote {written} of {total} predictions to {out_dir})")
+    for message in failed:
+        tqdm.write(f"  skipped: {message}", file=sys.stderr)
+    return UserError(f"{len(failed)} of {total} images could not be read (listed above); wrote {written} "
+                     f"predictions to {out_dir}")
+
+
 @torch.no_grad()
 def predict_images(model: torch.nn.Module, cfg: Config, inputs: list[str], out_dir: str | Path, fmt: str = "color",
                    device: str | torch.device = "cpu") -> list[Path]:
-    """One output PNG per input image at the input's resolution; the network sees it at `data.val.resize`."""
+    """One output PNG per input image at the input's resolution; the network sees it at `data.val.resize`.
+
+    A batch is not stopped by one bad image: every readable image is written, and the unreadable ones are listed
+    at the end as a UserError (exit 2). A write failure (full disk) stops at once. An --out folder this call
+    created and wrote nothing into is removed, so a failed run leaves no empty folder behind."""
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt} is not one of {', '.join(FORMATS)}")
-    out_dir = check_output_dir(out_dir)
-    written = []
-    for path, rel in tqdm(output_names(collect_inputs(inputs)), desc="predict", unit="img"):
-        image = read_image(path)
-        size = target_size(image.width, image.height, cfg.data.val.resize, cfg.data.val.keep_ratio, f"image {path}")
-        x = normalize(np.asarray(image.resize(size, Image.BILINEAR)))[None].to(device)
-        window = cfg.eval.window
-        mode = "slide" if cfg.eval.mode == "slide" or size[1] > 2 * window[0] or size[0] > 2 * window[1] else "whole"
-        pred = infer_labels(model, x, (image.height, image.width), mode, window, cfg.eval.stride,
-                            cfg.eval.batch_size)[0].cpu().numpy()
-        target = out_dir / rel
-        atomic_write(target, render(pred, image, fmt).save)
-        written.append(target)
+    out_dir = Path(out_dir)
+    created = not out_dir.exists()
+    check_output_dir(out_dir)
+    jobs = output_names(collect_inputs(inputs))
+    written: list[Path] = []
+    failed: list[str] = []
+    try:
+        for path, rel in tqdm(jobs, desc="predict", unit="img"):
+            try:
+                image, size = _load(path, cfg)
+            except UserError as e:
+                failed.append(str(e))
+                continue
+            x = normalize(np.asarray(image.resize(size, Image.BILINEAR)))[None].to(device)
+            window = cfg.eval.window
+            mode = ("slide" if cfg.eval.mode == "slide" or size[1] > 2 * window[0] or size[0] > 2 * window[1]
+                    else "whole")
+            pred = infer_labels(model, x, (image.height, image.width), mode, window, cfg.eval.stride,
+                                cfg.eval.batch_size)[0].cpu().numpy()
+            written.append(atomic_write(out_dir / rel, render(pred, image, fmt).save))
+    finally:
+        if created and out_dir.is_dir() and not any(p.is_file() for p in out_dir.rglob("*")):
+            shutil.rmtree(out_dir, ignore_errors=True)
+    if failed:
+        raise _unreadable(failed, len(jobs), len(written), out_dir)
     return written
