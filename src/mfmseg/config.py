@@ -175,7 +175,7 @@ class TrainConfig:
     grad_checkpointing: bool = False
     compile: bool = False
     sync_bn: bool = False
-    deterministic: bool = False
+    deterministic: bool = False  # strict: slower; an op without a deterministic kernel is an error
     dist_timeout_s: int = 1800  # multi-GPU: how long a rank waits in a collective for the others
 
 

@@ -15,6 +15,8 @@ import re
 _WORKER_WRAPPED = re.compile(r"Caught \w+ in (?:DataLoader worker process \d+|pin memory thread[^.]*)\.\n"
                              r"Original (?P<tb>Traceback.*)", re.S)
 _TRACEBACK_TAIL = re.compile(r"\n(?:mfmseg\.errors\.)?UserError: (?P<msg>.*)$", re.S)
+# torch.use_deterministic_algorithms(True) refusing a kernel: "<op> does not have a deterministic implementation"
+_NONDETERMINISTIC = re.compile(r"(?P<op>\S+) does not have a deterministic implementation")
 
 
 class UserError(Exception):
@@ -58,12 +60,15 @@ def user_message(e: BaseException) -> str | None:
     """The one line to show for an expected failure, or None for a bug (which keeps its traceback).
 
     Expected: a UserError from any process, an OSError (a path the user gave cannot be read or written, a full
-    disk) and running out of memory on user-sized inputs.
+    disk), running out of memory on user-sized inputs, and a kernel that strict determinism refuses.
     """
     if isinstance(e, UserError):
         return str(e)
     if isinstance(e, OSError):
         return _os_message(e)
+    if isinstance(e, RuntimeError) and (op := _NONDETERMINISTIC.match(str(e))):
+        return (f"train.deterministic=true, but {op['op']} has no deterministic implementation on this device: "
+                f"set train.deterministic=false (a resumed run then continues only approximately)")
     if _is_out_of_memory(e):
         return (f"out of memory ({first_line(e)[:160]}): use smaller inputs (data.*.resize, data.batch_size) "
                 f"or sliding-window inference (eval.mode=slide, eval.batch_size=1)")

@@ -33,6 +33,7 @@ from mfmseg.engine.checkpoint import (TRAIN_FORMAT, TRAIN_SECTIONS, atomic_torch
 from mfmseg.engine.distributed import (DistContext, all_ranks_agree, allreduce_gradients, broadcast_state,
                                        init_distributed, shutdown_distributed)
 from mfmseg.engine.evaluate import evaluate
+from mfmseg.engine.numerics import set_numerics
 from mfmseg.engine.optim import apply_lr, build_optimizer, param_groups
 from mfmseg.engine.resume import apply_group_settings, check_resume_config, fresh_group_settings
 from mfmseg.errors import UserError
@@ -99,8 +100,7 @@ class Trainer:
         self.amp_dtype = AMP_DTYPES[cfg.train.amp]
         if self.amp_dtype == torch.float16 and self.device.type != "cuda":
             raise UserError("train.amp=fp16 needs a CUDA device; use train.amp=bf16 on CPU")
-        if cfg.train.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
+        set_numerics(self.device, cfg.train.deterministic)
         resume_from = self._prepare_work_dir()
         seed_iteration(cfg.seed, 0, -1)  # identical initial weights on every rank
         self.student = build_model(cfg.model).to(self.device)
