@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mfmseg.engine.label_free import (METRICS, better, class_kl, label_free_metrics, snd,
+from mfmseg.engine.label_free import (METRICS, class_kl, label_free_metrics, snd,
                                       source_class_distribution, vanished_classes)
+from mfmseg.engine.select import is_better
 
 C = 4
 
@@ -57,7 +58,7 @@ def test_a_confident_diverse_prediction_scores_best_on_every_metric_but_snd():
     assert good["vanished"] == []
     for metric in ("entropy", "im", "confident", "agreement", "class_kl"):
         for kind in KINDS[1:]:
-            assert not better(metric, scores[kind][metric], good[metric]), (metric, kind)
+            assert not is_better(metric, scores[kind][metric], good[metric]), (metric, kind)
 
 
 def test_collapse_is_worst_for_the_distribution_metrics_and_invisible_to_entropy():

@@ -41,8 +41,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     summary = train(cfg)
     if summary:
-        miou = "not evaluated" if summary["mIoU"] is None else f"{summary['mIoU']:.2f}"  # train.eval_interval=-1
-        print(f"done: target mIoU {miou} after {summary['iters']} iterations -> {cfg.work_dir}/summary.json")
+        free = summary.get("label_free") or {}
+        if summary["mIoU"] is not None:
+            result = f"target mIoU {summary['mIoU']:.2f}"
+        elif free:  # no target labels: the label-free metrics (docs/label_free.md)
+            result = f"target entropy {free['entropy']:.3f}, IM {free['im']:.3f} (no labels)"
+        else:
+            result = "target not evaluated"  # train.eval_interval=-1
+        print(f"done: {result} after {summary['iters']} iterations -> {cfg.work_dir}/summary.json")
     return 0
 
 
@@ -62,6 +68,22 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if results["failed"]:
         print(f"{len(results['failed'])} run(s) failed (logs above); the same command retries them", file=sys.stderr)
         return 1
+    return 0
+
+
+def _cmd_select(args: argparse.Namespace) -> int:
+    import json
+
+    from mfmseg.engine.select import rank_candidates, ranking_table
+
+    ranked = rank_candidates(args.runs, args.by)
+    print(ranking_table(ranked, args.by, args.top))
+    if args.json:
+        from mfmseg.files import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps([{"run": c.run, "iter": c.iteration, args.by: c.value, "mIoU": c.miou,
+                                                  "checkpoint": str(c.checkpoint) if c.checkpoint else None}
+                                                 for c in ranked], indent=1))
     return 0
 
 
@@ -285,6 +307,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="key=value",
                    help="an override for every run (data roots, iterations); repeatable")
     p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("select", help="rank the evaluations of runs by a label-free metric (no target labels)",
+                       epilog="example: mfmseg select runs/a runs/b --by im   (metrics: docs/label_free.md)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="training work dirs")
+    p.add_argument("--by", required=True, metavar="METRIC",
+                   help="entropy, im, confident, flip_consistency, agreement, snd, class_kl (or mIoU with labels)")
+    p.add_argument("--top", type=int, default=10, help="rows to print (default 10)")
+    p.add_argument("--json", default=None, help="write the whole ranking as JSON")
+    p.set_defaults(func=_cmd_select)
     return parser
 
 

@@ -177,6 +177,10 @@ class TrainConfig:
     sync_bn: bool = False
     deterministic: bool = False  # strict: slower; an op without a deterministic kernel is an error
     dist_timeout_s: int = 1800  # multi-GPU: how long a rank waits in a collective for the others
+    # keep best.pth by this metric at each evaluation: a label-free one (engine/label_free.py: entropy, im, ...;
+    # no target labels needed) or mIoU (needs a labelled val split); None = keep only latest.pth
+    select_by: Optional[str] = None
+    keep_checkpoints: bool = False  # the inference weights of every evaluated iteration in checkpoints/ (mfmseg select)
 
 
 @dataclass
@@ -185,6 +189,7 @@ class EvalConfig:
     window: List[int] = field(default_factory=lambda: [512, 512])  # [H, W]
     stride: List[int] = field(default_factory=lambda: [341, 341])
     batch_size: int = 1
+    label_free: bool = True  # log the label-free metrics of the val images at each evaluation (docs/label_free.md)
 
 
 @dataclass

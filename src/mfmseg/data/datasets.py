@@ -71,9 +71,14 @@ class SegmentationDataset(Dataset):
             raise UserError(f"unknown dataset kind '{cfg.kind}'")
         self.cfg, self.mode, self.cat_max_ratio, self.num_classes = cfg, mode, cat_max_ratio, num_classes
         self.root = Path(cfg.root)
-        self.pairs = LAYOUTS[cfg.kind].find_pairs(self.root, cfg.split, need_train_ids=True)
-        if mode == "val" and any(label is None for _, label in self.pairs):
-            raise UserError(f"{cfg.kind} split '{cfg.split}' under {self.root} has no labels to evaluate against")
+        self.pairs = LAYOUTS[cfg.kind].find_pairs(self.root, cfg.split, need_train_ids=mode != "images")
+        if mode == "images":  # the images alone, labels or not (label-free monitoring on target training images)
+            self.pairs = [(img, None) for img, _ in self.pairs]
+        missing = sum(label is None for _, label in self.pairs)
+        if mode == "val" and 0 < missing < len(self.pairs):
+            raise UserError(f"{cfg.kind} split '{cfg.split}' under {self.root}: {missing} of {len(self.pairs)} "
+                            f"images have no label; a val split is either labelled or not")
+        self.has_labels = missing == 0  # an unlabelled val split gets label-free metrics only (issue 19)
         self.label_files = {str(label.relative_to(self.root)): i for i, (_, label) in enumerate(self.pairs)
                             if label is not None}
 
@@ -110,15 +115,18 @@ class SegmentationDataset(Dataset):
             return self.train_sample(index, np.random.default_rng(index))
         img, label = self.load(index)
         img, _ = resize(img, None, self.cfg.resize, self.cfg.keep_ratio, f"image {self.pairs[index][0]}")
-        return {"img": normalize(np.asarray(img)), "label": torch.from_numpy(label.astype(np.int64)),
-                "name": self.name(index)}
+        sample = {"img": normalize(np.asarray(img)), "name": self.name(index)}
+        if label is not None:
+            sample["label"] = torch.from_numpy(label.astype(np.int64))
+        return sample
 
 
 def build_dataset(cfg: DatasetConfig, mode: str, cat_max_ratio: float = 1.0,
                   num_classes: int = 255) -> SegmentationDataset:
-    """`num_classes`: label ids from it to 254 are an error naming the file (255 = no check)."""
-    if mode not in ("train", "val"):
-        raise ValueError(f"mode must be train or val, got {mode}")
+    """`num_classes`: label ids from it to 254 are an error naming the file (255 = no check). `images`: the
+    resized images without labels (as `val`, `has_labels` False)."""
+    if mode not in ("train", "val", "images"):
+        raise ValueError(f"mode must be train, val or images, got {mode}")
     if not cfg.root:
         raise UserError(f"no root set for the {cfg.kind} dataset: set data.*.root")
     return SegmentationDataset(cfg, mode, cat_max_ratio, num_classes)

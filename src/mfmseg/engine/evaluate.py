@@ -12,6 +12,7 @@ from mfmseg.data.labels import CITYSCAPES_CLASSES
 from mfmseg.engine.distributed import DistContext
 from mfmseg.engine.inference import infer_labels
 from mfmseg.engine.metrics import ConfusionMatrix, summarize
+from mfmseg.errors import UserError
 
 
 def class_names(num_classes: int) -> list[str]:
@@ -26,6 +27,9 @@ def evaluate(model: nn.Module, dataset, cfg: EvalConfig, *, device: torch.device
     Under several ranks (`ctx`), every rank evaluates images rank, rank + world, ... and the confusion matrices
     (integer counts) are summed: every rank is busy, none waits in a collective for a whole validation pass, and
     the result equals a one-rank evaluation exactly. Every rank must call it."""
+    if not getattr(dataset, "has_labels", True):
+        raise UserError(f"{dataset.root} has no labels to evaluate against: without target labels, training logs "
+                        f"label-free metrics instead (docs/label_free.md)")
     was_training = model.training
     model.eval()
     cm = ConfusionMatrix(model.num_classes, device)

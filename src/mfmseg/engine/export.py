@@ -92,6 +92,12 @@ def export_model(checkpoint: str | Path, out: str | Path, which: str = "student"
                  config: Config | None = None) -> Path:
     """Inference-only file (student weights, config, class names/colours), written atomically."""
     model, cfg = load_inference_model(checkpoint, "cpu", which, config)  # validates the weights
+    return save_inference_model(model, cfg, out)
+
+
+def save_inference_model(model: nn.Module, cfg: Config, out: str | Path) -> Path:
+    """The inference-only file of a model in memory, written atomically (also the trainer's best.pth and kept
+    checkpoints: what `predict`, `evaluate` and `export` read)."""
     atomic_torch_save({"format": MODEL_FORMAT, "config": to_dict(cfg), "state_dict": model.state_dict(),
                        "classes": class_names(cfg.model.num_classes),
                        "palette": [list(c) for c in CITYSCAPES_PALETTE][: cfg.model.num_classes],

@@ -21,7 +21,9 @@ evaluation pass without sliding windows.
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import torch
@@ -35,11 +37,6 @@ SND_TEMPERATURE = 0.05  # Saito et al.'s temperature of the neighbourhood softma
 SND_PIXELS_PER_IMAGE = 64
 VANISHED_SOURCE_SHARE = 0.005  # a class covering ≥ 0.5 % of source pixels ...
 VANISHED_RATIO = 0.01  # ... predicted on < 1 % of that share has vanished
-
-
-def better(metric: str, a: float, b: float) -> bool:
-    """True when value `a` of `metric` is strictly better than `b`."""
-    return a > b if METRICS[metric] else a < b
 
 
 class LabelFreeAccumulator:
@@ -58,6 +55,7 @@ class LabelFreeAccumulator:
         self.prob_sum = torch.zeros(num_classes, dtype=torch.float64)
         self.class_pixels = torch.zeros(num_classes, dtype=torch.float64)
         self.snd_samples: list[Tensor] = []
+        self.snd_reduced: float | None = None
 
     def update(self, logits: Tensor, flipped_logits: Tensor | None = None, teacher_logits: Tensor | None = None
                ) -> None:
@@ -84,6 +82,27 @@ class LabelFreeAccumulator:
         take = torch.randperm(flat.shape[0], generator=self.generator)[:SND_PIXELS_PER_IMAGE * logits.shape[0]]
         self.snd_samples.append(flat[take])
 
+    def all_reduce(self, device: torch.device | str) -> None:
+        """Sum every rank's counts (in place); SND becomes the mean of the ranks' own values."""
+        import torch.distributed as dist
+
+        world = dist.get_world_size()
+        counts = torch.tensor([self.pixels, self.entropy, self.confident, self.flip_same, self.flip_pixels,
+                               self.agree, self.agree_pixels, self.snd_value() / world], dtype=torch.float64,
+                              device=device)
+        sums = torch.cat([counts, self.prob_sum.to(device), self.class_pixels.to(device)])
+        dist.all_reduce(sums)
+        values, c = sums.cpu(), self.num_classes
+        self.pixels, self.flip_pixels, self.agree_pixels = int(values[0]), int(values[4]), int(values[6])
+        self.entropy, self.confident, self.flip_same, self.agree = (float(values[i]) for i in (1, 2, 3, 5))
+        self.snd_reduced = float(values[7])
+        self.prob_sum, self.class_pixels = values[8:8 + c].clone(), values[8 + c:8 + 2 * c].clone()
+
+    def snd_value(self) -> float:
+        if self.snd_reduced is not None:
+            return self.snd_reduced
+        return snd(torch.cat(self.snd_samples)) if self.snd_samples else 0.0
+
     def result(self, source_distribution: Sequence[float] | None = None) -> dict:
         if not self.pixels:
             raise ValueError("no images were seen")
@@ -93,7 +112,7 @@ class LabelFreeAccumulator:
         marginal_entropy = float(-(marginal * marginal.clamp_min(1e-12).log()).sum()) / log_c
         predicted = (self.class_pixels / self.pixels).tolist()
         out = {"entropy": mean_entropy, "im": marginal_entropy - mean_entropy,
-               "confident": self.confident / self.pixels, "snd": snd(torch.cat(self.snd_samples)),
+               "confident": self.confident / self.pixels, "snd": self.snd_value(),
                "predicted_distribution": predicted}
         if self.flip_pixels:
             out["flip_consistency"] = self.flip_same / self.flip_pixels
@@ -133,12 +152,24 @@ def vanished_classes(source: Sequence[float], predicted: Sequence[float]) -> lis
             if s / total >= VANISHED_SOURCE_SHARE and p < VANISHED_RATIO * s / total]
 
 
+def padded_forward(model: nn.Module, img: Tensor) -> Tensor:
+    """Logits at output stride of an image of any size: padded (zeros, bottom/right) to the model's
+    `size_multiple`, the padded part of the output cut off."""
+    multiple = int(getattr(model, "size_multiple", 1))
+    h, w = img.shape[-2:]
+    pad_h, pad_w = -h % multiple, -w % multiple
+    logits = model(F.pad(img, (0, pad_w, 0, pad_h)) if pad_h or pad_w else img)
+    stride = (h + pad_h) / logits.shape[-2]
+    return logits[..., : math.ceil(h / stride), : math.ceil(w / stride)]
+
+
 @torch.no_grad()
 def label_free_metrics(model: nn.Module, images: Iterable[Tensor], *, teacher: nn.Module | None = None,
                        threshold: float = 0.968, source_distribution: Sequence[float] | None = None,
-                       flip: bool = True, device: torch.device | str = "cpu") -> dict:
-    """Every metric of the table over `images` (each 1×3×H×W, normalised, sides multiples of the model's
-    `size_multiple`), model and teacher in eval mode; both are returned to the mode they were in."""
+                       flip: bool = True, device: torch.device | str = "cpu", reduce: bool = False) -> dict:
+    """Every metric of the table over `images` (each 1×3×H×W, normalised), model and teacher in eval mode; both
+    are returned to the mode they were in. `reduce`: sum the counts of every rank of the process group (each
+    rank passes its share of the images; SND is each rank's own, averaged)."""
     modes = [(m, m.training) for m in (model, teacher) if m is not None]
     acc = LabelFreeAccumulator(model.num_classes, threshold)
     try:
@@ -146,13 +177,26 @@ def label_free_metrics(model: nn.Module, images: Iterable[Tensor], *, teacher: n
             m.eval()
         for img in images:
             img = img.to(device)
-            logits = model(img)
-            flipped = model(img.flip(-1)) if flip else None
-            acc.update(logits, flipped, teacher(img) if teacher is not None else None)
+            logits = padded_forward(model, img)
+            flipped = padded_forward(model, img.flip(-1)) if flip else None
+            acc.update(logits, flipped, padded_forward(teacher, img) if teacher is not None else None)
     finally:
         for m, mode in modes:
             m.train(mode)
+    if reduce:
+        acc.all_reduce(device)
     return acc.result(source_distribution)
+
+
+def source_distribution_of(root: str | Path, num_classes: int) -> list[float] | None:
+    """The source label distribution from `ROOT/sample_class_stats.json` (written by `mfmseg prepare`), or None."""
+    path = Path(root) / "sample_class_stats.json"
+    if not path.is_file():
+        return None
+    try:
+        return source_class_distribution(json.loads(path.read_text()), num_classes)
+    except (OSError, ValueError):
+        return None  # a monitor, not a requirement: training does not need it
 
 
 def source_class_distribution(class_stats: Mapping[str, object] | Sequence[Mapping], num_classes: int
@@ -171,5 +215,5 @@ def source_class_distribution(class_stats: Mapping[str, object] | Sequence[Mappi
     return [c / total for c in counts] if total > 0 else None
 
 
-__all__ = ["METRICS", "LabelFreeAccumulator", "better", "class_kl", "label_free_metrics",
-           "source_class_distribution", "snd", "vanished_classes"]
+__all__ = ["METRICS", "LabelFreeAccumulator", "class_kl", "label_free_metrics", "padded_forward",
+           "source_class_distribution", "source_distribution_of", "snd", "vanished_classes"]

@@ -79,14 +79,14 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def plot_losses(metrics_path: Path, out: Path) -> Path | None:
-    """Training losses (every logged iteration) and validation mIoU over iterations."""
+    """Training losses (every logged iteration), validation mIoU and the label-free metrics over iterations."""
     rows = read_jsonl(metrics_path)
     train = [r for r in rows if r.get("kind") == "train"]
     val = [r for r in rows if r.get("kind") == "val"]
     if not train:
         return None
     keys = sorted({k for r in train for k in r if k.startswith("loss")})
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 3.8))
     for k in keys:
         pts = [(r["iter"], r[k]) for r in train if k in r]
         ax1.plot(*zip(*pts), label=k)
@@ -94,11 +94,21 @@ def plot_losses(metrics_path: Path, out: Path) -> Path | None:
     ax1.set_yscale("log")
     ax1.legend(fontsize=8)
     ax1.set_title("training losses")
-    if val:
-        ax2.plot([r["iter"] for r in val], [r["mIoU"] for r in val], marker="o")
+    labelled = [r for r in val if r.get("mIoU") is not None]
+    if labelled:
+        ax2.plot([r["iter"] for r in labelled], [r["mIoU"] for r in labelled], marker="o")
     ax2.set_xlabel("iteration")
     ax2.set_ylabel("mIoU (%)")
-    ax2.set_title("target val mIoU")
+    ax2.set_title("target val mIoU" if labelled else "target val mIoU (no target labels)")
+    free = [r for r in val if r.get("label_free")]
+    for key in ("entropy", "im", "agreement", "flip_consistency", "confident"):  # the metrics in [0, 1]
+        pts = [(r["iter"], r["label_free"][key]) for r in free if key in r["label_free"]]
+        if pts:
+            ax3.plot(*zip(*pts), marker="o", label=key)
+    ax3.set_xlabel("iteration")
+    ax3.set_title("label-free metrics (docs/label_free.md)")
+    if free:
+        ax3.legend(fontsize=8)
     _save(fig, Path(out))
     return Path(out)
 

@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from mfmseg.config import Config, to_dict, to_yaml
-from mfmseg.data.datasets import build_dataset
+from mfmseg.data.datasets import SegmentationDataset, build_dataset
 from mfmseg.data.sampling import build_uda_loader
 from mfmseg.engine import report
 from mfmseg.engine.checkpoint import (TRAIN_FORMAT, TRAIN_SECTIONS, atomic_torch_save, keep_previous,
@@ -34,8 +34,11 @@ from mfmseg.engine.distributed import (DistContext, all_ranks_agree, allreduce_g
                                        init_distributed, shutdown_distributed)
 from mfmseg.engine.evaluate import evaluate
 from mfmseg.engine.numerics import set_numerics
+from mfmseg.engine.export import save_inference_model
+from mfmseg.engine.label_free import METRICS, label_free_metrics, source_distribution_of
 from mfmseg.engine.optim import apply_lr, build_optimizer, param_groups
 from mfmseg.engine.resume import apply_group_settings, check_resume_config, fresh_group_settings
+from mfmseg.engine.select import check_select_by, is_better, kept_checkpoint, metric_value
 from mfmseg.errors import UserError
 from mfmseg.files import atomic_write_text, check_output_dir
 from mfmseg.models.zoo import build_model
@@ -84,6 +87,35 @@ def _write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(json_safe(obj), indent=2))
 
 
+def val_dataset(cfg: Config) -> SegmentationDataset:
+    """`data.val` (labelled or not); without a `data.val.root`, the target's training images for the label-free
+    metrics alone (they read no labels, so the images the model adapts on are a fair place to watch it)."""
+    if cfg.data.val.root:
+        return build_dataset(cfg.data.val, "val", num_classes=cfg.model.num_classes)
+    return build_dataset(cfg.data.target, "images", num_classes=cfg.model.num_classes)
+
+
+def previous_best(work_dir: Path, metric: str | None) -> float | None:
+    """The value best.pth was kept for, so that a resumed run does not replace it with a worse one."""
+    path = work_dir / "best.json"
+    try:
+        saved = json.loads(path.read_text()) if metric is not None and path.is_file() else {}
+    except (OSError, ValueError):
+        return None
+    value = saved.get(metric) if saved.get("select_by") == metric else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def eval_line(result: dict) -> str:
+    """One line per evaluation: mIoU when there are labels, the label-free metrics always, vanished classes."""
+    parts = [f"target val mIoU {result['mIoU']:.2f}"] if "mIoU" in result else []
+    free = result.get("label_free") or {}
+    parts += [f"{k} {free[k]:.3f}" for k in METRICS if k in free]
+    if free.get("vanished"):
+        parts.append(f"WARNING vanished classes (frequent in the source, no longer predicted): {free['vanished']}")
+    return ", ".join(parts) or "evaluated"
+
+
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -101,6 +133,8 @@ class Trainer:
         if self.amp_dtype == torch.float16 and self.device.type != "cuda":
             raise UserError("train.amp=fp16 needs a CUDA device; use train.amp=bf16 on CPU")
         set_numerics(self.device, cfg.train.deterministic)
+        self.val_set = val_dataset(cfg) if cfg.train.eval_interval >= 0 else None  # every rank: its share
+        check_select_by(cfg.train.select_by, self.val_set, cfg.eval.label_free)  # before the work dir exists
         resume_from = self._prepare_work_dir()
         seed_iteration(cfg.seed, 0, -1)  # identical initial weights on every rank
         self.student = build_model(cfg.model).to(self.device)
@@ -120,8 +154,8 @@ class Trainer:
         self.saved_at: dict[str, int] = {"latest.pth": self.start_iter} if resume_from is not None else {}
         if self.ctx.enabled:
             broadcast_state(self.step.sections().values())
-        self.val_set = (build_dataset(cfg.data.val, "val", num_classes=cfg.model.num_classes)
-                        if cfg.train.eval_interval >= 0 else None)  # every rank evaluates its share
+        self.source_distribution = source_distribution_of(cfg.data.source.root, cfg.model.num_classes)
+        self.best = previous_best(self.work_dir, cfg.train.select_by) if resume_from is not None else None
         self._write_run_files()
         self.writer = self._tensorboard() if self.ctx.is_main else None
         self.last_eval: dict | None = None
@@ -259,18 +293,47 @@ class Trainer:
         self.student.eval()
         with torch.no_grad():
             result = evaluate(self.student, self.val_set, self.cfg.eval, device=self.device, progress=False,
-                              ctx=self.ctx)
+                              ctx=self.ctx) if self.val_set.has_labels else {}
         self.student.train()
+        if self.cfg.eval.label_free:
+            result["label_free"] = self._label_free()
         self.last_eval = {"iter": done, **result}
+        self._keep_checkpoints(done, result)
         if not self.ctx.is_main:
             return
         _append_jsonl(self.work_dir / "metrics.jsonl", {"kind": "val", **self.last_eval})
         if self.writer is not None:
-            self.writer.add_scalar("val/mIoU", result["mIoU"], done)
-            for name, v in result["per_class_iou"].items():
+            if "mIoU" in result:
+                self.writer.add_scalar("val/mIoU", result["mIoU"], done)
+            for name, v in result.get("per_class_iou", {}).items():
                 if not math.isnan(v):
                     self.writer.add_scalar(f"val_iou/{name}", v, done)
-        tqdm.write(f"[iter {done}] target val mIoU {result['mIoU']:.2f}")
+            for name, v in result.get("label_free", {}).items():
+                if isinstance(v, float):
+                    self.writer.add_scalar(f"label_free/{name}", v, done)
+        tqdm.write(f"[iter {done}] " + eval_line(result))
+
+    def _label_free(self) -> dict:
+        """Label-free metrics of the val images (each rank its share, counts summed): docs/label_free.md."""
+        images = (self.val_set[i]["img"][None] for i in range(self.ctx.rank, len(self.val_set), self.ctx.world_size))
+        return label_free_metrics(self.student, images, teacher=self.step.teacher,
+                                  threshold=self.cfg.uda.pseudo_threshold,
+                                  source_distribution=self.source_distribution, device=self.device,
+                                  reduce=self.ctx.enabled)
+
+    def _keep_checkpoints(self, done: int, result: dict) -> None:
+        """`train.keep_checkpoints`: this iteration's inference weights in checkpoints/; `train.select_by`:
+        best.pth when the metric improved (rank 0 writes; every rank holds the same weights)."""
+        if not self.ctx.is_main:
+            return
+        if self.cfg.train.keep_checkpoints:
+            save_inference_model(self.student, self.cfg, kept_checkpoint(self.work_dir, done))
+        metric = self.cfg.train.select_by
+        value = None if metric is None else metric_value(result, metric)
+        if value is not None and (self.best is None or is_better(metric, value, self.best)):
+            self.best = value
+            save_inference_model(self.student, self.cfg, self.work_dir / "best.pth")
+            _write_json(self.work_dir / "best.json", {"iter": done, "select_by": metric, metric: value})
 
     def _diverged(self, iteration: int, reason: str) -> UserError:
         """The divergence error, pointing at the checkpoints that were checked finite when saved (`_save`) and
@@ -316,7 +379,8 @@ class Trainer:
         if self.ctx.is_main:
             result = self.last_eval or {}
             summary = {"mIoU": result.get("mIoU"), "mIoU16": result.get("mIoU16"), "mIoU13": result.get("mIoU13"),
-                       "per_class_iou": result.get("per_class_iou", {}), "iters": iters,
+                       "per_class_iou": result.get("per_class_iou", {}), "label_free": result.get("label_free"),
+                       "iters": iters,
                        "train_seconds": round(seconds, 1), "config": to_dict(self.cfg), **run_info()}
             summary = json_safe(summary)
             _write_json(self.work_dir / "summary.json", summary)
