@@ -172,6 +172,33 @@ def _long_unreadable(c: Ctx) -> None:
     (c.tmp / "in" / LONG[0]).write_text("not an image")
 
 
+def _hf_folder(weights: str | None, family: str = "mit") -> Callable[[Ctx], None]:
+    """A save_pretrained folder `hf/`: config.json and `weights` ("code": a pytorch_model.bin holding pickled
+    code; None: no weight file at all)."""
+    def setup(c: Ctx) -> None:
+        from mfmseg.models.mit import mit_config
+        from mfmseg.models.vit import vit_config
+
+        (mit_config("b0") if family == "mit" else vit_config("dinov2", "tiny", patch_size=16)).save_pretrained(
+            c.tmp / "hf")
+        if weights == "code":
+            class Evil:
+                def __reduce__(self):
+                    return (os.system, ("touch " + str(c.tmp / "pwned"),))
+            torch.save({"x": Evil()}, c.tmp / "hf" / "pytorch_model.bin")
+    return setup
+
+
+def _not_pwned(c: Ctx) -> None:
+    assert not (c.tmp / "pwned").exists(), "the pickled code ran"
+    _no_dir("wd")(c)
+
+
+def _pretrained(model: str) -> Callable[[Ctx], list[str]]:
+    return lambda c: ["train", "synthetic_dacs", *tiny(c.bench, c.tmp / "wd", f"model.name={model}",
+                                                       f"model.pretrained={c.tmp / 'hf'}")]
+
+
 def _train_then(stop: int = 2) -> Callable[[Ctx], None]:
     """A finished 2-iteration run in `run/` (the resume cases start from it)."""
     def setup(c: Ctx) -> None:
@@ -280,6 +307,12 @@ CASES = [
          "cannot resume", setup=_train_then(), check=_config_untouched, slow=True),
     Case("resume-applies-lr", lambda c: c.train("run", "train.resume=true", "train.max_iters=3", "optim.lr=1e-3"),
          0, "", setup=_train_then(), check=_lr_applied, slow=True),
+    # Hugging Face folders given as model.pretrained: pickled code refused in one line, a folder without weights
+    # named as such (not "no such folder")
+    *[Case(f"pretrained-hf-code-{m}", _pretrained(m), 2, "pickled code", setup=_hf_folder("code", family),
+           check=_not_pwned) for m, family in (("daformer_mitb0", "mit"), ("daformer_vit_tiny", "vit"))],
+    *[Case(f"pretrained-hf-no-weights-{m}", _pretrained(m), 2, "holds no weights", setup=_hf_folder(None, family),
+           check=_no_dir("wd")) for m, family in (("daformer_mitb0", "mit"), ("daformer_vit_tiny", "vit"))],
     Case("failed-train-leaves-nothing", lambda c: c.train("wd", f"data.source.root={c.tmp / 'nope'}"), 2,
          "does not exist", check=_no_dir("wd")),
     # 5. divergence: the message points at a checkpoint that is finite

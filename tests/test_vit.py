@@ -186,7 +186,7 @@ def test_wrong_or_missing_weights_are_one_line_errors(tmp_path):
     encoder = ViTEncoder("dinov2", patch_size=16, **TINY)
     with pytest.raises(UserError, match=r"does not fit.*encoder\.layer\.2"):
         encoder.load_imagenet(str(tmp_path / "shallow"))
-    with pytest.raises(UserError, match="no such save_pretrained folder"):
+    with pytest.raises(UserError, match="no such folder"):
         encoder.load_imagenet(str(tmp_path / "missing"))
     with pytest.raises(UserError, match="EfficientNet-Lite"):
         encoder.load_imagenet("imagenet")

@@ -17,6 +17,7 @@ from transformers import SegformerConfig, SegformerModel
 
 from mfmseg.errors import UserError
 from mfmseg.models.encoder import PACKAGED, FeatureInfo, load_imagenet_file
+from mfmseg.models.weights import hf_from_pretrained
 
 MIT_SIZES = {  # depths, hidden sizes
     "b0": ([2, 2, 2, 2], [32, 64, 160, 256]),
@@ -98,11 +99,7 @@ class MiT(nn.Module):
         if source == PACKAGED or (path.suffix and not path.is_dir()):
             load_imagenet_file(self, source)
             return
-        try:
-            self.load_hf(source)
-        except OSError as e:
-            raise UserError(f"cannot load MiT weights '{source}' (no such folder, and the Hub is unreachable or "
-                            f"has no such model): {str(e).splitlines()[0][:160]}") from None
+        hf_from_pretrained(lambda: self.load_hf(source), source, "MiT weights")
 
     def convert_state_dict(self, sd: dict[str, Tensor]) -> dict[str, Tensor]:
         """SegFormer's mmseg keys (ImageNet `mit_b*.pth`, released DAFormer backbones) or `SegformerModel` keys ->

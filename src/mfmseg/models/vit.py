@@ -48,7 +48,7 @@ from transformers import (DINOv3ViTConfig, DINOv3ViTModel, Dinov2Config, Dinov2M
 
 from mfmseg.errors import UserError
 from mfmseg.models.encoder import PACKAGED, FeatureInfo
-from mfmseg.models.weights import load_strict, read_state_dict
+from mfmseg.models.weights import hf_from_pretrained, load_strict, read_state_dict
 
 TOKEN_STRIDE = 16  # the stride of the token map in the crop, whatever the patch size
 VIT_SIZES = {  # hidden size, depth, heads (the references'; "tiny" is ours, for tests and CPUs)
@@ -216,12 +216,8 @@ class ViTEncoder(nn.Module):
         overrides = dict(drop_path_rate=self.drop_path)
         if self.family.label == "dinov3":
             overrides.update(pos_embed_rescale=None, pos_embed_jitter=None, pos_embed_shift=None)
-        try:
-            return self.family.model.from_pretrained(source, **overrides)
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot load {self.family.label} ViT weights '{source}' (no such save_pretrained "
-                            f"folder, and the Hub is unreachable or has no such model): "
-                            f"{str(e).splitlines()[0][:160]}") from None
+        return hf_from_pretrained(lambda: self.family.model.from_pretrained(source, **overrides), source,
+                                  f"{self.family.label} ViT weights")
 
 
 __all__ = ["ViTEncoder", "SimplePyramid", "ChannelNorm", "FAMILIES", "VIT_SIZES", "vit_config", "default_taps"]

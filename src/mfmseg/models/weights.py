@@ -8,12 +8,19 @@ safetensors): nothing is unpickled.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-from mfmseg.errors import UserError, describe_load_failure
+from mfmseg.errors import UserError, describe_load_failure, first_line
+
+T = TypeVar("T")
+# what `from_pretrained` looks for in a save_pretrained folder
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                   "pytorch_model.bin.index.json")
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -55,3 +62,21 @@ def load_strict(module: nn.Module, sd: dict[str, Tensor], what: str) -> None:
             parts.append(f"unexpected {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}")
         raise UserError(f"{what} does not fit this model ({'; '.join(parts)}): wrong architecture or class count?")
     module.load_state_dict(sd)
+
+
+def hf_from_pretrained(load: Callable[[], T], source: str, what: str) -> T:
+    """`load()` (a transformers `from_pretrained` of `source`) with one-line errors that tell the three failures
+    apart: a folder without weights, a folder whose weights hold pickled code (refused by torch's weights-only
+    loader inside transformers), and a Hub id that could not be fetched."""
+    folder = Path(source)
+    if folder.is_dir() and not any((folder / name).is_file() for name in HF_WEIGHT_FILES):
+        raise UserError(f"cannot load {what} '{source}': the folder holds no weights ({', '.join(HF_WEIGHT_FILES)});"
+                        f" write it with save_pretrained, or give a weight file")
+    try:
+        return load()
+    except pickle.UnpicklingError as e:
+        raise UserError(f"cannot load {what} '{source}' (its pytorch_model.bin): {describe_load_failure(e)}") \
+            from None
+    except (OSError, ValueError) as e:
+        where = "" if folder.is_dir() else " (no such folder, and the Hub is unreachable or has no such model)"
+        raise UserError(f"cannot load {what} '{source}'{where}: {first_line(e)[:160]}") from None
