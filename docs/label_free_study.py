@@ -1,0 +1,116 @@
+"""How well does each label-free metric pick checkpoints? (docs/label_free.md, issue 19)
+
+    python docs/label_free_study.py label_free_study/sweep [more sweep folders or run dirs]
+
+Reads every run's `metrics.jsonl` (evaluations that logged both the true mIoU and the label-free metrics) and prints,
+per metric: the Spearman rank correlation with true mIoU over all evaluations pooled and within each run (mean over
+runs), and the mIoU regret of selecting by the metric within each run: against the best evaluation by true mIoU
+(oracle − selected, ≥ 0) and against simply taking the last evaluation (last − selected: > 0 means the metric picks
+worse than "last").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+from mfmseg.engine.label_free import METRICS
+
+
+def ranks(values: list[float]) -> np.ndarray:
+    """Ranks with ties averaged (Spearman's convention)."""
+    v = np.asarray(values, dtype=float)
+    order = v.argsort(kind="stable")
+    r = np.empty(len(v))
+    r[order] = np.arange(len(v), dtype=float)
+    for value in np.unique(v):
+        tied = v == value
+        r[tied] = r[tied].mean()
+    return r
+
+
+def spearman(x: list[float], y: list[float]) -> float | None:
+    if len(x) < 3:
+        return None
+    rx, ry = ranks(x), ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return None
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def read_runs(paths: list[Path]) -> dict[str, list[dict]]:
+    logs = [p / "metrics.jsonl" for p in paths if (p / "metrics.jsonl").is_file()]
+    logs += [log for p in paths for log in sorted(p.glob("runs/*/seed*/metrics.jsonl"))]
+    runs = {}
+    for log in logs:
+        rows = []
+        for line in log.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("kind") == "val" and row.get("mIoU") is not None and row.get("label_free"):
+                rows.append(row)
+        if rows:
+            runs[str(log.parent)] = sorted(rows, key=lambda r: r["iter"])
+    return runs
+
+
+def study(runs: dict[str, list[dict]]) -> list[dict]:
+    table = []
+    for metric, higher in METRICS.items():
+        pooled = [(r["label_free"][metric], r["mIoU"]) for rows in runs.values() for r in rows
+                  if metric in r["label_free"]]
+        if not pooled:
+            continue
+        within, regret_oracle, regret_last = [], [], []
+        for rows in runs.values():
+            rows = [r for r in rows if metric in r["label_free"]]
+            if not rows:
+                continue
+            rho = spearman([r["label_free"][metric] for r in rows], [r["mIoU"] for r in rows])
+            if rho is not None:
+                within.append(rho if higher else -rho)
+            pick = (max if higher else min)(rows, key=lambda r: r["label_free"][metric])
+            regret_oracle.append(max(r["mIoU"] for r in rows) - pick["mIoU"])
+            regret_last.append(rows[-1]["mIoU"] - pick["mIoU"])
+        rho_all = spearman(*map(list, zip(*pooled)))
+        table.append({"metric": metric, "rho_pooled": None if rho_all is None else (rho_all if higher else -rho_all),
+                      "rho_within": statistics.fmean(within) if within else None,
+                      "regret_vs_oracle": statistics.fmean(regret_oracle),
+                      "regret_vs_last": statistics.fmean(regret_last),
+                      "beats_last_on": sum(d < 0 for d in regret_last), "runs": len(regret_last)})
+    return table
+
+
+def markdown(table: list[dict], runs: dict) -> str:
+    fmt = lambda v: "—" if v is None else f"{v:+.2f}"  # noqa: E731
+    lines = [f"{len(runs)} runs, {sum(len(r) for r in runs.values())} evaluations. ρ is signed so that +1 means "
+             "'better by the metric = higher mIoU'.", "",
+             "| metric | ρ pooled | ρ within runs (mean) | regret vs oracle (mIoU) | last − selected (mIoU) | "
+             "beats last on |", "|---|---|---|---|---|---|"]
+    for row in table:
+        lines.append(f"| {row['metric']} | {fmt(row['rho_pooled'])} | {fmt(row['rho_within'])} | "
+                     f"{row['regret_vs_oracle']:.2f} | {row['regret_vs_last']:+.2f} | "
+                     f"{row['beats_last_on']}/{row['runs']} |")
+    oracle_last = [max(r["mIoU"] for r in rows) - rows[-1]["mIoU"] for rows in runs.values()]
+    lines += ["", f"taking the last evaluation: regret vs oracle {statistics.fmean(oracle_last):.2f} mIoU"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("paths", type=Path, nargs="+", help="sweep folders or run dirs")
+    args = ap.parse_args()
+    runs = read_runs(args.paths)
+    if not runs:
+        raise SystemExit("no run logged both mIoU and label-free metrics")
+    print(markdown(study(runs), runs))
+
+
+if __name__ == "__main__":
+    main()
