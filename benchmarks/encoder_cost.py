@@ -15,9 +15,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
-
-from train_step import SavedActivationMeter  # noqa: E402  (benchmarks/ is the script's folder)
+from train_step import SavedActivationMeter, flop_counter  # noqa: E402  (benchmarks/ is the script's folder)
 
 
 def measure(name: str, size: int, hrda: bool, checkpointing: bool) -> dict:
@@ -30,7 +28,7 @@ def measure(name: str, size: int, hrda: bool, checkpointing: bool) -> dict:
     x = torch.randn(1, 3, size, size)
     label = torch.randint(0, 19, (1, size, size))
     t = time.perf_counter()
-    with FlopCounterMode(display=False) as flops, SavedActivationMeter() as saved:
+    with flop_counter() as flops, SavedActivationMeter() as saved:
         out = model.decode(model.encode(x))
         logits = getattr(out, "fused", out)  # HRDA: the fused logits; its detail logits join the loss
         loss = F.cross_entropy(F.interpolate(logits, size=(size, size), mode="bilinear"), label)
