@@ -16,7 +16,7 @@ from mfmseg.cli import main
 from mfmseg.engine import sweep
 from mfmseg.engine.sweep import (Run, RunSpec, aggregate, config_difference, mean_std, paired_difference,
                                  parse_spec, per_class_means, results_markdown, run_state, run_sweep,
-                                 threads_per_job, train_argv)
+                                 slot_env, threads_per_job, train_argv, visible_gpus)
 from mfmseg.errors import UserError
 
 
@@ -280,3 +280,15 @@ def test_real_sweep_table_matches_summaries_and_a_rerun_redoes_only_the_missing_
     assert all(p.stat().st_mtime_ns == t for p, t in others.items())
     assert json.loads(target.read_text())["mIoU"] == summaries["so", 1]["mIoU"]
     assert json.loads((out / "results.json").read_text())["labels"] == res["labels"]
+
+
+def test_jobs_spread_over_the_visible_gpus(monkeypatch):
+    env = {"OMP_NUM_THREADS": "2"}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 5")
+    gpus = visible_gpus()
+    assert gpus == ["2", "5"]
+    assert [slot_env(env, slot, 3, gpus).get("CUDA_VISIBLE_DEVICES") for slot in range(3)] == ["2", "5", "2"]
+    assert slot_env(env, 0, 1, gpus) == env  # one job: the parent's devices, cuda:N overrides still valid
+    assert slot_env(env, 1, 2, []) == env  # no GPU: nothing set
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert visible_gpus() == []

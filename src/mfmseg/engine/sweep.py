@@ -199,6 +199,24 @@ def _child_env(jobs: int) -> dict[str, str]:
     return env
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs children may use, as CUDA_VISIBLE_DEVICES names them (ids or UUIDs): the parent's list when set,
+    else one per GPU the NVIDIA driver lists (read from /proc: the parent never imports torch)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [d.strip() for d in listed.split(",") if d.strip()]
+    driver = Path("/proc/driver/nvidia/gpus")
+    return [str(i) for i in range(len(list(driver.iterdir())))] if driver.is_dir() else []
+
+
+def slot_env(env: dict[str, str], slot: int, jobs: int, gpus: Sequence[str]) -> dict[str, str]:
+    """With several jobs and GPUs, job slot i sees GPU i mod N only (as its cuda:0); otherwise every child would
+    train on cuda:0. One job keeps the parent's devices (a `train.device=cuda:N` override still works)."""
+    if jobs < 2 or not gpus:
+        return env
+    return {**env, "CUDA_VISIBLE_DEVICES": gpus[slot % len(gpus)]}
+
+
 def train_argv(run: Run) -> list[str]:
     """The child's command line: exactly what a user would type to train this run alone."""
     resume = ["train.resume=true"] if run.state == "resume" else []
@@ -224,21 +242,23 @@ def execute(runs: Sequence[Run], jobs: int, on_done: Callable[[Run, int, float],
     On an exception (Ctrl-C) the running children are terminated: their last checkpoints resume later.
     `pass_fds`: the sweep's lock, inherited so that a child orphaned by a killed sweep still holds it."""
     pending, running = list(runs), {}
-    env = _child_env(jobs)
+    env, gpus = _child_env(jobs), visible_gpus()
     try:
         while pending or running:
             while pending and len(running) < jobs:
                 run = pending.pop(0)
-                running[run.seed, run.spec.label] = (run, *_start(run, env, pass_fds), time.time())
-            finished = [k for k, (_, proc, _, _) in running.items() if proc.poll() is not None]
+                slot = min(set(range(jobs)) - {entry[-1] for entry in running.values()})
+                running[run.seed, run.spec.label] = (run, *_start(run, slot_env(env, slot, jobs, gpus), pass_fds),
+                                                     time.time(), slot)
+            finished = [k for k, (_, proc, *_) in running.items() if proc.poll() is not None]
             if not finished:
                 time.sleep(0.2)
             for key in finished:
-                run, proc, log, t0 = running.pop(key)
+                run, proc, log, t0, _ = running.pop(key)
                 log.close()
                 on_done(run, proc.returncode, time.time() - t0)
     finally:
-        for run, proc, log, _ in running.values():
+        for run, proc, log, *_ in running.values():
             proc.terminate()
             try:
                 proc.wait(timeout=60)
