@@ -10,6 +10,8 @@ are the two tests at the end.
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import shutil
 import signal
@@ -199,6 +201,93 @@ def _pretrained(model: str) -> Callable[[Ctx], list[str]]:
                                                        f"model.pretrained={c.tmp / 'hf'}")]
 
 
+_HELD: dict[Path, int] = {}  # lock file descriptors a setup holds until its check
+
+
+def _locked_by_another(c: Ctx) -> None:
+    """`run/` as another `mfmseg train` (PID 4242) holds it: the lock taken, its config.yaml written."""
+    (c.tmp / "run").mkdir()
+    (c.tmp / "run" / "config.yaml").write_text("theirs\n")
+    fd = os.open(c.tmp / "run" / "train.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, b"4242\n")
+    _HELD[c.tmp] = fd
+
+
+def _other_run_untouched(c: Ctx) -> None:
+    os.close(_HELD.pop(c.tmp))
+    assert (c.tmp / "run" / "config.yaml").read_text() == "theirs\n"
+    assert sorted(p.name for p in (c.tmp / "run").iterdir()) == ["config.yaml", "train.lock"]
+
+
+def _stale_lock(c: Ctx) -> None:
+    """A run killed with -9 left its lock file (the kernel released the lock itself)."""
+    (c.tmp / "run").mkdir()
+    (c.tmp / "run" / "train.lock").write_text("999999\n")
+
+
+def _trained_and_unlocked(c: Ctx) -> None:
+    assert load_train_checkpoint(c.tmp / "run" / "latest.pth")["iteration"] == 2
+    assert not (c.tmp / "run" / "train.lock").exists()
+
+
+def _iterations(c: Ctx, wd: str = "run") -> list[int]:
+    lines = (c.tmp / wd / "metrics.jsonl").read_text().splitlines()
+    return [row["iter"] for row in map(json.loads, lines) if row["kind"] == "train"]  # every line parses
+
+
+def _log_after_checkpoint(tail: str) -> Callable[[Ctx], None]:
+    """A finished 2-iteration run, then `tail` appended to its log as a run killed after that checkpoint leaves
+    it: complete rows of later iterations, or a row cut short mid-write."""
+    def setup(c: Ctx) -> None:
+        _train_then()(c)
+        with open(c.tmp / "run" / "metrics.jsonl", "a") as f:
+            f.write(tail)
+    return setup
+
+
+def _each_iteration_once(last: int) -> Callable[[Ctx], None]:
+    def check(c: Ctx) -> None:
+        assert _iterations(c) == list(range(1, last + 1))
+        assert (c.tmp / "run" / "loss_curves.png").is_file()
+    return check
+
+
+def _old_log(c: Ctx) -> None:
+    """A work dir left by a run that failed (or was killed) before its first checkpoint."""
+    (c.tmp / "wd" / "tb").mkdir(parents=True)
+    (c.tmp / "wd" / "tb" / "events.out.tfevents.old").write_text("")
+    (c.tmp / "wd" / "metrics.jsonl").write_text('{"kind": "train", "iter": 1, "loss": 99.0}\n')
+
+
+def _fresh_log(c: Ctx) -> None:
+    assert _iterations(c, "wd") == [1, 2]
+    assert not (c.tmp / "wd" / "tb" / "events.out.tfevents.old").exists()
+
+
+def _own_dir(c: Ctx) -> None:
+    """A work dir the user made, with a file of their own in it."""
+    (c.tmp / "keep").mkdir()
+    (c.tmp / "keep" / "notes.txt").write_text("mine")
+
+
+def _own_dir_only(c: Ctx) -> None:
+    assert sorted(p.name for p in (c.tmp / "keep").iterdir()) == ["notes.txt"]
+
+
+def _bad_val_labels(c: Ctx) -> None:
+    """A val copy of the target whose labels cannot be read: the first evaluation fails."""
+    shutil.copytree(c.bench / "cityscapes", c.tmp / "val")
+    for p in (c.tmp / "val" / "gtFine").rglob("*_labelTrainIds.png"):
+        p.write_text("not a png")
+
+
+def _checkpoint_kept(iteration: int, wd: str = "wd") -> Callable[[Ctx], None]:
+    def check(c: Ctx) -> None:
+        assert load_train_checkpoint(c.tmp / wd / "latest.pth")["iteration"] == iteration
+    return check
+
+
 def _train_then(stop: int = 2) -> Callable[[Ctx], None]:
     """A finished 2-iteration run in `run/` (the resume cases start from it)."""
     def setup(c: Ctx) -> None:
@@ -315,10 +404,40 @@ CASES = [
            check=_no_dir("wd")) for m, family in (("daformer_mitb0", "mit"), ("daformer_vit_tiny", "vit"))],
     Case("failed-train-leaves-nothing", lambda c: c.train("wd", f"data.source.root={c.tmp / 'nope'}"), 2,
          "does not exist", check=_no_dir("wd")),
-    # 5. divergence: the message points at a checkpoint that is finite
+    *[Case(f"dataset-root-file-{d}", lambda c, d=d: c.train("wd", f"data.{d}.root={c.tmp / 'f'}"), 2,
+           "is a file, not a folder", setup=_file("f"), check=_no_dir("wd")) for d in ("source", "val")],
+    # a resumed run's log: rows after the checkpoint and a row cut short by a kill are dropped, not continued
+    Case("resume-half-written-row", lambda c: c.train("run", "train.resume=true", "train.max_iters=3"), 0, "done",
+         setup=_log_after_checkpoint('{"kind": "train", "iter": 3, "lo'), check=_each_iteration_once(3),
+         slow=True),
+    Case("resume-trims-later-rows", lambda c: c.train("run", "train.resume=true", "train.max_iters=4"), 0, "done",
+         setup=_log_after_checkpoint('{"kind": "train", "iter": 3, "loss": 1.0}\n{"kind": "train", "iter": 4, '
+                                     '"loss": 1.0}\n{"kind": "val", "iter": 4, "mIoU": 1.0}\n'),
+         check=_each_iteration_once(4), slow=True),
+    # one run per work dir at a time; a lock left by a killed run does not block
+    Case("train-work-dir-in-use", lambda c: c.train("run"), 2, "in use by process 4242", setup=_locked_by_another,
+         check=_other_run_untouched),
+    Case("train-stale-lock", lambda c: c.train("run"), 0, "done", setup=_stale_lock, check=_trained_and_unlocked,
+         slow=True),
+    # a run that fails before its first checkpoint leaves nothing; a rerun starts a fresh log; a failing
+    # evaluation comes after the checkpoint of its iteration
+    Case("diverged-before-checkpoint", lambda c: c.train("wd", "optim.lr=1e30", "optim.warmup_iters=0",
+                                                         "train.max_iters=6", "train.checkpoint_interval=5"),
+         2, "no checkpoint was saved", check=_no_dir("wd"), slow=True),
+    Case("diverged-before-checkpoint-own-dir", lambda c: c.train("keep", "optim.lr=1e30", "optim.warmup_iters=0",
+                                                                 "train.max_iters=6", "train.checkpoint_interval=5"),
+         2, "no checkpoint was saved", setup=_own_dir, check=_own_dir_only, slow=True),
+    Case("rerun-after-failed-run", lambda c: c.train("wd"), 0, "done", setup=_old_log, check=_fresh_log, slow=True),
+    Case("eval-fails-after-checkpoint", lambda c: c.train("wd", f"data.val.root={c.tmp / 'val'}"), 2,
+         "cannot read label", setup=_bad_val_labels, check=_checkpoint_kept(2), slow=True),
+    # 5. divergence: the message offers checkpoints that are finite, and does not claim they are healthy
     Case("nan", lambda c: c.train("nan", "optim.lr=1e30", "optim.warmup_iters=0", "train.max_iters=6",
                                   "train.checkpoint_interval=1"), 2, "diverged", check=_checkpoints_finite,
          slow=True),
+    *[Case(f"nan-after-checkpoint-lr{lr}", lambda c, lr=lr: c.train("nan", f"optim.lr={lr}", "optim.warmup_iters=0",
+                                                                   "train.max_iters=10", "train.eval_interval=0",
+                                                                   "train.checkpoint_interval=1"), 2,
+           "not known to be healthy", check=_checkpoints_finite, slow=True) for lr in ("1e4", "3e3")],
     # 6. image and label files: depth, mode, size, id range; predict outputs that would collide
     Case("prepare-rgb-label", lambda c: ["prepare", "gta", str(c.bench / "gta"), "--nproc", "1"], 2, "RGB",
          setup=_rgb_label),

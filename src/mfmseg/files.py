@@ -4,11 +4,13 @@ Every output (checkpoints, exported models, JSON, YAML, PNGs) is written to a te
 and renamed over it only when complete, so that a killed run never leaves a half-written `latest.pth`; on any
 failure the temporary file is removed (on a full disk it would otherwise keep the disk full) and the error names
 the path. `check_output_file` / `check_output_dir` let a command refuse an output it cannot write before its
-long work (an evaluation, a training run) rather than after it.
+long work (an evaluation, a training run) rather than after it. `exclusive_lock` keeps two processes from writing
+one folder at once.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 from contextlib import contextmanager
@@ -107,3 +109,47 @@ def check_output_dir(path: str | os.PathLike, what: str = "output folder") -> Pa
         raise UserError(f"cannot use {what} {path}: it is a file, not a folder")
     _check_creatable(path, what, path)
     return path
+
+
+def _lock_holder(fd: int) -> str:
+    """The PID the holder wrote into the lock file ('?' while it has not yet)."""
+    try:
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+    except OSError:
+        return "?"
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+@contextmanager
+def exclusive_lock(path: str | os.PathLike, what: str, advice: str) -> Iterator[None]:
+    """Hold `path` (a lock file holding this PID) with `flock` for the duration, or refuse at once naming the
+    holder's PID. The kernel drops the lock when its process dies, kill -9 included, so a killed run never leaves
+    it stuck: a stale file is simply locked again. The file is removed on release; a process that opened it just
+    before (and so locked a file no longer in the folder) notices and locks the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise UserError(f"{what} is in use by process {holder} (lock {path}): {advice}") from None
+        if _same_file(fd, path):
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        if _same_file(fd, path):
+            path.unlink()
+        os.close(fd)

@@ -51,6 +51,8 @@ class Layout:
     def find_pairs(self, root: Path, split: str, need_train_ids: bool) -> list[tuple[Path, Path | None]]:
         """Sorted (image, label) pairs; `label` is the train-id file when `need_train_ids`."""
         root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise UserError(f"dataset root {root} is a file, not a folder: give the folder that holds the dataset")
         if not root.is_dir():
             raise UserError(f"dataset root {root} does not exist")
         img_dir, lbl_dir = self._dirs(root, split)

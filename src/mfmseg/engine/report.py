@@ -73,9 +73,16 @@ def write_panel(visuals: Mapping[str, torch.Tensor], path: Path, title: str = ""
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a log; a line that is not JSON (cut short by a kill mid-write) is skipped, never fatal."""
     if not Path(path).is_file():
         return []
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return [r for r in rows if isinstance(r, dict)]
 
 
 def plot_losses(metrics_path: Path, out: Path) -> Path | None:

@@ -40,7 +40,7 @@ from mfmseg.engine.optim import apply_lr, build_optimizer, param_groups
 from mfmseg.engine.resume import apply_group_settings, check_resume_config, fresh_group_settings
 from mfmseg.engine.select import check_select_by, is_better, kept_checkpoint, metric_value
 from mfmseg.errors import UserError
-from mfmseg.files import atomic_write_text, check_output_dir
+from mfmseg.files import atomic_write_text, check_output_dir, exclusive_lock
 from mfmseg.models.zoo import build_model
 from mfmseg.uda.step import UDAStep
 
@@ -83,6 +83,14 @@ def _append_jsonl(path: Path, row: dict) -> None:
         f.flush()
 
 
+def trim_metrics(path: Path, last_iter: int) -> None:
+    """A resumed run repeats the iterations after its checkpoint: their rows (and a line cut short by a kill) go,
+    so that metrics.jsonl holds each iteration once and the next row starts on a line of its own."""
+    if path.is_file():
+        rows = [r for r in report.read_jsonl(path) if r.get("iter", 0) <= last_iter]
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
 def _write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(json_safe(obj), indent=2))
 
@@ -114,6 +122,11 @@ def eval_line(result: dict) -> str:
     if free.get("vanished"):
         parts.append(f"WARNING vanished classes (frequent in the source, no longer predicted): {free['vanished']}")
     return ", ".join(parts) or "evaluated"
+
+
+def largest_weight(model: torch.nn.Module) -> float:
+    """max |w| over the parameters: how far a checkpoint is from divergence, as far as one number can say."""
+    return max((float(p.detach().abs().max()) for p in model.parameters() if p.numel()), default=0.0)
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -152,11 +165,14 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.start_iter = self._resume(resume_from) if resume_from is not None else 0
         self.saved_at: dict[str, int] = {"latest.pth": self.start_iter} if resume_from is not None else {}
+        self.saved_weight = {name: largest_weight(self.student) for name in self.saved_at}  # for _diverged
         if self.ctx.enabled:
             broadcast_state(self.step.sections().values())
         self.source_distribution = source_distribution_of(cfg.data.source.root, cfg.model.num_classes)
         self.best = previous_best(self.work_dir, cfg.train.select_by) if resume_from is not None else None
         self._write_run_files()
+        if resume_from is not None and self.ctx.is_main:
+            trim_metrics(self.work_dir / "metrics.jsonl", self.start_iter)
         self.writer = self._tensorboard() if self.ctx.is_main else None
         self.last_eval: dict | None = None
 
@@ -227,10 +243,10 @@ class Trainer:
                 if done % tc.log_interval == 0 or done == tc.max_iters:
                     self._log_train(done, window, t0, bar)
                     window = []
+                if self._due(done, tc.checkpoint_interval):  # first: a failing evaluation loses no iteration
+                    self._save(done)
                 if self._due(done, tc.eval_interval):
                     self._evaluate(done)
-                if self._due(done, tc.checkpoint_interval):
-                    self._save(done)
                 if stop_after is not None and done >= stop_after:
                     self._save(done)
                     return {}
@@ -336,21 +352,23 @@ class Trainer:
             _write_json(self.work_dir / "best.json", {"iter": done, "select_by": metric, metric: value})
 
     def _diverged(self, iteration: int, reason: str) -> UserError:
-        """The divergence error, pointing at the checkpoints that were checked finite when saved (`_save`) and
-        saying which one to go back to: the latest one is suspect when the very next iteration diverged."""
-        latest, previous = self.saved_at.get("latest.pth"), self.saved_at.get("previous.pth")
+        """The divergence error, truthful about the checkpoints it offers: they were checked finite and below
+        MAX_SANE_WEIGHT when saved (`_save`), which does not prove them healthy (a loss already growing resumes
+        into the same divergence, whatever the lr), so the message gives each one's largest weight and says to
+        start over with a lower lr if the resume diverges again."""
+        if "latest.pth" not in self.saved_at:
+            return UserError(f"training diverged: {reason}; no checkpoint was saved before it: lower optim.lr and "
+                             f"start again (or check the data; train.amp=bf16 is more robust than fp16)")
+        held = "; ".join(f"{self.work_dir / name} is iteration {self.saved_at[name]} (largest |w| "
+                         f"{self.saved_weight[name]:.1e})" for name in ("latest.pth", "previous.pth")
+                         if name in self.saved_at)
         resume = (f"mfmseg train {self.work_dir / 'config.yaml'} train.resume=true "
                   f"optim.lr={self.cfg.optim.lr / 10:g}")
-        if latest is None:
-            advice = "no checkpoint was saved before it: lower optim.lr and start again"
-        elif latest < iteration - 1 or previous is None:
-            advice = f"{self.work_dir / 'latest.pth'} (iteration {latest}) was checked finite: {resume}"
-        else:
-            advice = (f"the last checkpoint (iteration {latest}) may already hold the start of it; "
-                      f"{self.work_dir / 'previous.pth'} (iteration {previous}) was checked finite: copy it over "
-                      f"latest.pth, then {resume}")
-        return UserError(f"training diverged: {reason}; {advice} (or check the data; train.amp=bf16 is more "
-                         f"robust than fp16)")
+        earlier = " (copy previous.pth over latest.pth to go back one more)" if "previous.pth" in self.saved_at else ""
+        return UserError(f"training diverged: {reason}; {held}: finite when saved, but not known to be healthy "
+                         f"(the divergence may have begun earlier). Resume{earlier} at a lower rate: {resume}; if it "
+                         f"diverges again, start a new work_dir= with a lower optim.lr (or check the data; "
+                         f"train.amp=bf16 is more robust than fp16)")
 
     def _save(self, done: int) -> None:
         """Save latest.pth after checking the state is finite and sane, keeping the one before as previous.pth."""
@@ -361,7 +379,9 @@ class Trainer:
             raise self._diverged(done, f"{problem} after iteration {done}")
         if self.saved_at.get("latest.pth") is not None:
             self.saved_at["previous.pth"] = self.saved_at["latest.pth"]
+            self.saved_weight["previous.pth"] = self.saved_weight["latest.pth"]
         self.saved_at["latest.pth"] = done
+        self.saved_weight["latest.pth"] = largest_weight(self.student)
         if not self.ctx.is_main:
             return
         keep_previous(self.work_dir / "latest.pth", self.work_dir / "previous.pth")
@@ -402,29 +422,59 @@ class Trainer:
             shutdown_distributed(failed=failed)
 
 
-def _remove_unfinished(work_dir: Path) -> None:
-    """A work dir that this run created and that holds neither a checkpoint nor a log line would look like a run
-    (config.yaml, an empty TensorBoard folder) but is none: remove it, on the main process only."""
-    if os.environ.get("RANK", "0") != "0" or not work_dir.is_dir():
+LOCK = "train.lock"  # held by rank 0 for the whole run (files.exclusive_lock)
+STALE = ("metrics.jsonl", "tb")  # what a run appends to: a failed or killed run's copies must not be continued
+
+
+def _remove(work_dir: Path, names: object) -> None:
+    for name in names:
+        path = work_dir / str(name)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def _remove_unfinished(work_dir: Path, before: set[str] | None) -> None:
+    """Without a checkpoint, what a failed run wrote (config.yaml, metrics.jsonl, run_info.json, tb/) looks like
+    a run but is none: remove the work dir when this run created it (`before` None), else what it added."""
+    if not work_dir.is_dir() or (work_dir / "latest.pth").exists():
         return
-    if not any((work_dir / name).exists() for name in ("latest.pth", "metrics.jsonl")):
+    if before is None:
         shutil.rmtree(work_dir, ignore_errors=True)
+    else:
+        _remove(work_dir, set(os.listdir(work_dir)) - before - {LOCK})
+
+
+def _train(cfg: Config, stop_after: int | None) -> dict:
+    trainer = Trainer(cfg)
+    try:
+        summary = trainer.run(stop_after=stop_after)
+    except BaseException:
+        trainer.close(failed=True)
+        raise
+    trainer.close()
+    return summary
 
 
 def train(cfg: Config, stop_after: int | None = None) -> dict:
-    """Run (or resume) one training run; returns the summary also written to `work_dir/summary.json`."""
-    created = not Path(cfg.work_dir).exists()
-    try:
-        trainer = Trainer(cfg)
-        try:
-            summary = trainer.run(stop_after=stop_after)
-        except BaseException:
-            trainer.close(failed=True)
-            raise
-        trainer.close()
-        return summary
-    except BaseException:
-        if created:
-            _remove_unfinished(Path(cfg.work_dir))
-        raise
+    """Run (or resume) one training run; returns the summary also written to `work_dir/summary.json`.
 
+    The main process holds the work dir's lock throughout, so a second `mfmseg train` into it is refused before it
+    writes anything. A fresh run starts its log anew (a failed run's rows are not continued), and a run that fails
+    before its first checkpoint leaves nothing behind."""
+    work_dir = Path(cfg.work_dir)
+    if os.environ.get("RANK", "0") != "0":
+        return _train(cfg, stop_after)
+    check_output_dir(work_dir, "work_dir")
+    created = not work_dir.exists()
+    with exclusive_lock(work_dir / LOCK, f"work_dir {work_dir}",
+                        "another `mfmseg train` is writing it; wait for it to end, or choose another work_dir="):
+        if not cfg.train.resume and not (work_dir / "latest.pth").exists():
+            _remove(work_dir, STALE)
+        before = None if created else set(os.listdir(work_dir))
+        try:
+            return _train(cfg, stop_after)
+        except BaseException:
+            _remove_unfinished(work_dir, before)
+            raise
