@@ -288,6 +288,54 @@ def _checkpoint_kept(iteration: int, wd: str = "wd") -> Callable[[Ctx], None]:
     return check
 
 
+# EXIF orientation -> how to store a picture so that a viewer, applying the tag, displays the original
+STORED_AS = {3: Image.ROTATE_180, 6: Image.ROTATE_90, 8: Image.ROTATE_270}
+
+
+def _store_turned(src: Path, dst: Path, orientation: int) -> None:
+    """Save `src` turned, tagged so that it is displayed as `src` (a phone photo taken sideways)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.open(src).transpose(STORED_AS[orientation]).save(dst, exif=exif)
+
+
+def _exif_pair(orientation: int) -> Callable[[Ctx], None]:
+    """in/up.png upright, in/turned.png the same picture stored turned with an EXIF orientation tag."""
+    def setup(c: Ctx) -> None:
+        _rgb(c.tmp / "in" / "up.png", (40, 60))
+        _store_turned(c.tmp / "in" / "up.png", c.tmp / "in" / "turned.png", orientation)
+    return setup
+
+
+def _same_prediction(c: Ctx) -> None:
+    """The turned photo's prediction lines up with what a viewer shows: the upright one's, pixel for pixel."""
+    up, turned = (np.asarray(Image.open(c.tmp / "o" / f"{n}.png")) for n in ("up", "turned"))
+    assert up.shape == turned.shape == (40, 60) and np.array_equal(up, turned)
+
+
+def _turn_val_image(orientation: int) -> Callable[[Ctx], None]:
+    def setup(c: Ctx) -> None:
+        path = sorted((c.bench / "cityscapes" / "leftImg8bit" / "val").rglob("*.png"))[0]
+        _store_turned(path, path, orientation)
+    return setup
+
+
+def _turn_source_pair(c: Ctx) -> None:
+    """A GTA image and its label both stored turned (orientation 6); its train-id file is written again."""
+    label = sorted((c.bench / "gta" / "labels").glob("*.png"))
+    label = [p for p in label if not p.name.endswith("_labelTrainIds.png")][0]
+    train_ids = label.with_name(label.stem + "_labelTrainIds.png")
+    (c.tmp / "ids.before.png").write_bytes(train_ids.read_bytes())
+    train_ids.unlink()
+    for path in (label, c.bench / "gta" / "images" / label.name):
+        _store_turned(path, path, 6)
+
+
+def _train_ids_upright(c: Ctx) -> None:
+    label = sorted((c.bench / "gta" / "labels").glob("*_labelTrainIds.png"))[0]
+    assert np.array_equal(np.asarray(Image.open(label)), np.asarray(Image.open(c.tmp / "ids.before.png")))
+
+
 def _train_then(stop: int = 2) -> Callable[[Ctx], None]:
     """A finished 2-iteration run in `run/` (the resume cases start from it)."""
     def setup(c: Ctx) -> None:
@@ -450,6 +498,15 @@ CASES = [
     Case("predict-same-stem", lambda c: ["predict", str(c.model), str(c.tmp / "x.png"), str(c.tmp / "x.jpg"),
                                          "--out", str(c.tmp / "preds"), "--device", "cpu"], 0, "wrote 2",
          setup=_same_stem, check=_two_outputs),
+    # EXIF orientation: images (and labels) are read as a viewer displays them, in predict, evaluate and prepare
+    *[Case(f"predict-exif-{o}", lambda c: ["predict", str(c.model), str(c.tmp / "in"), "--out", str(c.tmp / "o"),
+                                           "--device", "cpu", "--format", "trainid"], 0, "wrote 2",
+           setup=_exif_pair(o), check=_same_prediction) for o in (3, 6, 8)],
+    *[Case(f"evaluate-exif-{o}", lambda c: ["evaluate", str(c.model), "--data", str(c.bench / "cityscapes"),
+                                            "--device", "cpu"], 0, "mIoU", setup=_turn_val_image(o))
+      for o in (6, 8)],
+    Case("prepare-exif-label", lambda c: ["prepare", "gta", str(c.bench / "gta"), "--nproc", "1"], 0, "prepared",
+         setup=_turn_source_pair, check=_train_ids_upright),
     # a batch: every readable image is written, the unreadable ones are listed at the end (exit 2)
     Case("predict-folder-unreadable", lambda c: ["predict", str(c.model), str(c.tmp / "in"), "--out",
                                                  str(c.tmp / "o"), "--device", "cpu"], 2, "2 of 4 images",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from mfmseg.config import DatasetConfig
@@ -23,10 +23,14 @@ IMAGE_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"
 TRAIN_ID_MODES = {"L", "P", "I", "I;16", "I;16L", "I;16B"}
 
 
-def _open(path: Path, what: str) -> Image.Image:
+def open_image(path: Path, what: str) -> Image.Image:
+    """The one place mfmseg opens an image or a label: loaded, and turned as a viewer displays it (EXIF
+    orientation: a phone photo stored sideways with orientation 6 is read upright), so that datasets, prepare,
+    predict and evaluate all see the picture the user sees, and a prediction lines up with it."""
     try:
         img = Image.open(path)
         img.load()
+        ImageOps.exif_transpose(img, in_place=True)
         return img
     except Exception as e:
         raise UserError(f"cannot read {what} {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
@@ -35,7 +39,7 @@ def _open(path: Path, what: str) -> Image.Image:
 
 def read_image(path: Path) -> Image.Image:
     """8-bit RGB; other depths are an error that names the file."""
-    with _open(path, "image") as img:
+    with open_image(path, "image") as img:
         if img.mode not in IMAGE_MODES:
             raise UserError(f"image {path} has mode {img.mode} (16-bit or float): mfmseg reads 8-bit RGB or "
                             f"greyscale images; convert it to 8 bits per channel first")
@@ -44,7 +48,7 @@ def read_image(path: Path) -> Image.Image:
 
 def read_train_ids(path: Path) -> np.ndarray:
     """A single-channel train-id map; a colour image or values beyond 255 are an error, never truncated."""
-    with _open(path, "label") as img:
+    with open_image(path, "label") as img:
         mode, arr = img.mode, np.asarray(img)
     if mode not in TRAIN_ID_MODES or arr.ndim != 2:
         raise UserError(f"label {path} must be a single-channel train-id PNG (mode L), got mode {mode} with shape "

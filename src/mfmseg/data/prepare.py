@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from mfmseg.data.datasets import open_image
 from mfmseg.data.layouts import LAYOUTS, Layout, load_class_map
 from mfmseg.data.parallel import map_jobs
 from mfmseg.data.labels import IGNORE_INDEX
@@ -37,11 +38,8 @@ def read_label_ids(path: Path, kind: str) -> np.ndarray:
         if raw is None:
             raise UserError(f"cannot read label {path}")
         return raw[:, :, 2].astype(np.int64) if raw.ndim == 3 else raw.astype(np.int64)
-    try:
-        with Image.open(path) as img:
-            mode, arr = img.mode, np.asarray(img)
-    except Exception as e:
-        raise UserError(f"cannot read label {path}: {e}") from None
+    with open_image(path, "label") as img:
+        mode, arr = img.mode, np.asarray(img)
     if mode not in LABEL_ID_MODES or arr.ndim != 2:
         raise UserError(f"label {path} is a {mode} image: {kind} labels must hold one class id per pixel (a "
                         f"single-channel 8/16-bit or palette PNG); convert colour-coded labels to ids first")
