@@ -98,3 +98,27 @@ def test_compiled_training_matches_eager(tmp_path, tiny_overrides, monkeypatch):
     ckpt_eager = load_train_checkpoint(tmp_path / "eager" / "latest.pth")
     ckpt_compiled = load_train_checkpoint(tmp_path / "compiled" / "latest.pth")
     assert list(ckpt_compiled["student"]) == list(ckpt_eager["student"])
+
+
+def test_panel_legend_names_the_classes_shown():
+    """Training panels say which colour is which class: a legend of exactly the classes the label maps show."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from mfmseg.data.labels import CITYSCAPES_PALETTE
+    from mfmseg.engine.evaluate import class_names
+    from mfmseg.engine.report import panel_figure
+
+    label = torch.full((1, 8, 8), 255)
+    label[0, :4], label[0, 4:, :2] = 0, 11
+    visuals = {"image": torch.rand(1, 3, 8, 8) * 2 - 1, "label": label, "pred": torch.full((1, 8, 8), 13),
+               "mask": torch.zeros(1, 8, 8, dtype=torch.bool), "weight": torch.full((1, 8, 8), 0.5)}
+    fig = panel_figure(visuals, class_names(19))
+    legend = fig.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == ["road", "person", "car"]
+    colours = [tuple(int(round(c * 255)) for c in h.get_facecolor()[:3]) for h in legend.legend_handles]
+    assert colours == [tuple(CITYSCAPES_PALETTE[i]) for i in (0, 11, 13)]
+    plt.close(fig)
+    fig = panel_figure({"label": torch.full((1, 8, 8), 255)}, class_names(19))
+    assert not fig.legends  # nothing but ignore: no legend
+    plt.close(fig)

@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -41,22 +42,54 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
     return rgb.permute(1, 2, 0).numpy().astype(np.uint8)
 
 
-def to_rgb(t: torch.Tensor) -> np.ndarray:
-    """One panel cell from whatever the step returned: an image, a label map or a mask."""
+def _first_sample(t: torch.Tensor) -> torch.Tensor:
     t = t.detach().cpu()
-    if t.dim() == 4:
-        t = t[0]
-    if t.dim() == 3 and t.shape[0] == 3 and t.is_floating_point():
-        return to_uint8(t)
+    return t[0] if t.dim() == 4 else t
+
+
+def _is_image(t: torch.Tensor) -> bool:
+    return t.dim() == 3 and t.shape[0] == 3 and t.is_floating_point()
+
+
+def label_map(t: torch.Tensor) -> np.ndarray | None:
+    """The train ids of a panel cell that is a label map (label, pseudo-label, prediction); None for an image or
+    a mask (bool, or floats in [0, 1])."""
+    t = _first_sample(t)
+    if _is_image(t):
+        return None
     if t.dim() == 3:
         t = t[0]
     if t.dtype == torch.bool or (t.is_floating_point() and t.max() <= 1 and t.min() >= 0):
-        return np.repeat((t.float().numpy() * 255).astype(np.uint8)[..., None], 3, axis=2)
-    return colorize(t.numpy())
+        return None
+    return t.numpy()
 
 
-def write_panel(visuals: Mapping[str, torch.Tensor], path: Path, title: str = "") -> Path:
-    """A grid of the first sample of every visual (input, label, pseudo-label, MFM mask, predictions)."""
+def to_rgb(t: torch.Tensor) -> np.ndarray:
+    """One panel cell from whatever the step returned: an image, a label map or a mask."""
+    ids = label_map(t)
+    if ids is not None:
+        return colorize(ids)
+    t = _first_sample(t)
+    if _is_image(t):
+        return to_uint8(t)
+    if t.dim() == 3:
+        t = t[0]
+    return np.repeat((t.float().numpy() * 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def shown_classes(visuals: Mapping[str, torch.Tensor], num_classes: int) -> list[int]:
+    """The train ids that some label-map cell shows (ignore, 255, and ids beyond the palette are black: left out)."""
+    shown: set[int] = set()
+    for t in visuals.values():
+        ids = label_map(t)
+        if ids is not None:
+            shown.update(int(i) for i in np.unique(ids))
+    return sorted(i for i in shown if 0 <= i < min(num_classes, len(CITYSCAPES_PALETTE)))
+
+
+def panel_figure(visuals: Mapping[str, torch.Tensor], classes: Sequence[str], title: str = "") -> plt.Figure:
+    """A grid of the first sample of every visual (input, label, pseudo-label, MFM mask, predictions), with a
+    legend of the classes the label maps show: colours alone do not say which class is which."""
     items = list(visuals.items())
     cols = min(4, len(items))
     rows = (len(items) + cols - 1) // cols
@@ -68,7 +101,16 @@ def write_panel(visuals: Mapping[str, torch.Tensor], path: Path, title: str = ""
         ax.set_title(name, fontsize=9)
     if title:
         fig.suptitle(title)
-    _save(fig, Path(path))
+    handles = [Patch(color=np.asarray(CITYSCAPES_PALETTE[i]) / 255, label=classes[i])
+               for i in shown_classes(visuals, len(classes))]
+    if handles:
+        fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(handles), 8),
+                   fontsize=8, frameon=False)
+    return fig
+
+
+def write_panel(visuals: Mapping[str, torch.Tensor], path: Path, classes: Sequence[str], title: str = "") -> Path:
+    _save(panel_figure(visuals, classes, title), Path(path))
     return Path(path)
 
 

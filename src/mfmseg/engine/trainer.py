@@ -32,7 +32,7 @@ from mfmseg.engine.checkpoint import (TRAIN_FORMAT, TRAIN_SECTIONS, atomic_torch
                                       load_train_checkpoint, rng_state, run_info, set_rng_state, state_health)
 from mfmseg.engine.distributed import (DistContext, all_ranks_agree, allreduce_gradients, broadcast_state,
                                        init_distributed, shutdown_distributed)
-from mfmseg.engine.evaluate import evaluate
+from mfmseg.engine.evaluate import class_names, evaluate
 from mfmseg.engine.numerics import set_numerics
 from mfmseg.engine.export import save_inference_model
 from mfmseg.engine.label_free import METRICS, label_free_metrics, source_distribution_of
@@ -283,7 +283,7 @@ class Trainer:
             broadcast_state([self.student, self.step.teacher], params=False)
         if visuals:
             report.write_panel(visuals, self.work_dir / "panels" / f"iter_{it + 1:06d}.png",
-                               title=f"iteration {it + 1}")
+                               class_names(self.cfg.model.num_classes), title=f"iteration {it + 1}")
         return losses
 
     # ---- logging, evaluation, checkpoints -------------------------------------------------------------------
