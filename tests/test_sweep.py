@@ -292,3 +292,42 @@ def test_jobs_spread_over_the_visible_gpus(monkeypatch):
     assert slot_env(env, 1, 2, []) == env  # no GPU: nothing set
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert visible_gpus() == []
+
+
+class _Terminal:
+    """A stream that says it is a terminal and keeps what was written to it."""
+
+    def __init__(self, tty: bool = True) -> None:
+        self.tty, self.text = tty, ""
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, s: str) -> None:
+        self.text += s
+
+    def flush(self) -> None:
+        pass
+
+
+def test_live_progress_of_running_trainings(tmp_path):
+    """On a terminal, the running trainings' iteration, it/s and ETA, from each run's newest complete log row;
+    'starting' before the first row; nothing at all when the output is a log."""
+    runs = [Run(RunSpec("dacs", "synthetic_dacs"), seed, tmp_path / f"seed{seed}", [], max_iters=100)
+            for seed in (0, 1)]
+    runs[0].work_dir.mkdir()
+    (runs[0].work_dir / "metrics.jsonl").write_text(
+        '{"kind": "train", "iter": 30, "it_per_s": 1.0}\n{"kind": "val", "iter": 40, "mIoU": 3.0}\n'
+        '{"kind": "train", "iter": 40, "it_per_s": 2.0}\n{"kind": "train", "iter": 41, "it_')  # a row being written
+    assert sweep.run_progress(runs[0]) == "dacs s0: 40/100 it, 2.00 it/s, ETA 0:30"
+    assert sweep.run_progress(runs[1]) == "dacs s1: starting"
+    terminal = _Terminal()
+    live = sweep.LiveLine(terminal)
+    live.draw(runs)
+    live.draw(runs)  # within a second: not redrawn
+    assert terminal.text == "\rdacs s0: 40/100 it, 2.00 it/s, ETA 0:30 | dacs s1: starting\x1b[K"
+    live.clear()
+    assert terminal.text.endswith("\r\x1b[K")
+    log = _Terminal(tty=False)
+    sweep.LiveLine(log).draw(runs)
+    assert log.text == ""

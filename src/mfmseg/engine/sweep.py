@@ -67,6 +67,7 @@ class Run:
     status: str = "pending"  # pending | done | failed
     summary: dict | None = None
     error: str = ""
+    max_iters: int = 0  # for the live progress line
 
     @property
     def log(self) -> Path:
@@ -163,7 +164,8 @@ def _load_spec(spec: RunSpec, common: Sequence[str]) -> dict:
 def _plan_run(spec: RunSpec, config: dict, seed: int, out: Path, common: Sequence[str]) -> Run:
     work_dir = out / "runs" / spec.label / f"seed{seed}"
     overrides = [*common, *spec.overrides, f"work_dir={work_dir}", f"seed={seed}"]
-    run = Run(spec=spec, seed=seed, work_dir=work_dir, overrides=overrides, state=run_state(work_dir))
+    run = Run(spec=spec, seed=seed, work_dir=work_dir, overrides=overrides, state=run_state(work_dir),
+              max_iters=int(config["train"]["max_iters"]))
     saved = _saved_config(work_dir, run.state) if run.state != "fresh" else None
     diff = config_difference(saved, {**config, "seed": seed}) if saved else None
     if diff:
@@ -237,12 +239,14 @@ def _start(run: Run, env: dict[str, str], pass_fds: Sequence[int]) -> tuple[subp
 
 
 def execute(runs: Sequence[Run], jobs: int, on_done: Callable[[Run, int, float], None],
-            pass_fds: Sequence[int] = ()) -> None:
+            pass_fds: Sequence[int] = (), live: LiveLine | None = None) -> None:
     """Train `runs` as subprocesses, at most `jobs` at once; `on_done(run, returncode, seconds)` as each ends.
     On an exception (Ctrl-C) the running children are terminated: their last checkpoints resume later.
-    `pass_fds`: the sweep's lock, inherited so that a child orphaned by a killed sweep still holds it."""
+    `pass_fds`: the sweep's lock, inherited so that a child orphaned by a killed sweep still holds it.
+    `live`: the running trainings' progress, redrawn while they run."""
     pending, running = list(runs), {}
     env, gpus = _child_env(jobs), visible_gpus()
+    live = live or LiveLine(None)
     try:
         while pending or running:
             while pending and len(running) < jobs:
@@ -252,12 +256,16 @@ def execute(runs: Sequence[Run], jobs: int, on_done: Callable[[Run, int, float],
                                                      time.time(), slot)
             finished = [k for k, (_, proc, *_) in running.items() if proc.poll() is not None]
             if not finished:
+                live.draw([entry[0] for entry in running.values()])
                 time.sleep(0.2)
+            else:
+                live.clear()
             for key in finished:
                 run, proc, log, t0, _ = running.pop(key)
                 log.close()
                 on_done(run, proc.returncode, time.time() - t0)
     finally:
+        live.clear()
         for run, proc, log, *_ in running.values():
             proc.terminate()
             try:
@@ -267,15 +275,75 @@ def execute(runs: Sequence[Run], jobs: int, on_done: Callable[[Run, int, float],
             log.close()
 
 
-def log_tail(path: Path, lines: int = 6) -> list[str]:
-    """The last lines of a child's log; tqdm's carriage-return updates count as lines."""
+def _tail_text(path: Path, size: int) -> str:
+    """The last `size` bytes of a file that keeps growing ('' while it does not exist)."""
     try:
         with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 16384))
-            text = f.read().decode(errors="replace")
+            f.seek(max(0, f.seek(0, os.SEEK_END) - size))
+            return f.read().decode(errors="replace")
     except OSError:
-        return []
-    return [s.strip() for s in re.split(r"[\r\n]+", text) if s.strip()][-lines:]
+        return ""
+
+
+def log_tail(path: Path, lines: int = 6) -> list[str]:
+    """The last lines of a child's log; tqdm's carriage-return updates count as lines."""
+    return [s.strip() for s in re.split(r"[\r\n]+", _tail_text(path, 16384)) if s.strip()][-lines:]
+
+
+def last_train_row(path: Path) -> dict | None:
+    """The newest complete `train` row of a run's metrics.jsonl (read from its end: the file grows all run long;
+    a row being written is not JSON yet and is passed over)."""
+    for line in reversed(_tail_text(path, 8192).splitlines()):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and row.get("kind") == "train":
+            return row
+    return None
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{s:02d}" if minutes >= 60 else f"{minutes}:{s:02d}"
+
+
+def run_progress(run: Run) -> str:
+    """`LABEL sS: iteration/max, it/s, ETA` from the run's newest log row ('starting' before its first)."""
+    row = last_train_row(run.work_dir / "metrics.jsonl")
+    name = f"{run.spec.label} s{run.seed}"
+    if row is None:
+        return f"{name}: starting"
+    done, speed = int(row.get("iter", 0)), float(row.get("it_per_s") or 0.0)
+    eta = f", ETA {_duration((run.max_iters - done) / speed)}" if speed > 0 and run.max_iters > done else ""
+    return f"{name}: {done}/{run.max_iters} it, {speed:.2f} it/s{eta}"
+
+
+class LiveLine:
+    """The running trainings' progress as one line redrawn in place, at most once a second, on a terminal only:
+    a long run between two one-line results must not look hung. A log (not a terminal) gets nothing from it: its
+    one line per finished run says enough, without a redraw per second."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream if stream is not None and stream.isatty() else None
+        self.drawn_at = 0.0
+        self.visible = False
+
+    def draw(self, runs: Sequence[Run]) -> None:
+        if self.stream is None or not runs or time.monotonic() - self.drawn_at < 1.0:
+            return
+        self.drawn_at = time.monotonic()
+        width = shutil.get_terminal_size().columns - 1
+        self.stream.write("\r" + " | ".join(run_progress(r) for r in runs)[:width] + "\x1b[K")
+        self.stream.flush()
+        self.visible = True
+
+    def clear(self) -> None:
+        """Before any other output: the next line starts on a clean one."""
+        if self.visible:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.visible = False
 
 
 # ---- aggregation (pure) ----------------------------------------------------------------------------------------
@@ -509,7 +577,7 @@ def run_sweep(specs: Sequence[str | RunSpec], seeds: Sequence[int], out: str | o
             progress.report(run, code, seconds)
             write_results(out, results())
 
-        execute(todo, jobs, on_done, pass_fds=lock_fds)
+        execute(todo, jobs, on_done, pass_fds=lock_fds, live=LiveLine(sys.stdout))
         final = results()
         write_results(out, final)
     return final
