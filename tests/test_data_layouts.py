@@ -4,11 +4,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from mfmseg.config import DatasetConfig
+from mfmseg.config import DatasetConfig, EvalConfig
 from mfmseg.data.datasets import build_dataset
 from mfmseg.data.prepare import prepare_dataset
+from mfmseg.engine.evaluate import evaluate
 from mfmseg.errors import UserError
 
 
@@ -49,8 +51,10 @@ def test_acdc_and_unlabelled_dark_zurich_train(tmp_path):
     _pair(dz / "rgb_anon" / "train" / "night" / "GOPR0356" / "GOPR0356_000000_rgb_anon.png", None, None)
     sample = build_dataset(DatasetConfig(kind="darkzurich", root=str(dz), resize=[16, 8], crop=[8, 8]), "train")[0]
     assert sample["img"].shape == (3, 8, 8) and (sample["label"] == 255).all()
-    with pytest.raises(UserError, match="no labels"):
-        build_dataset(DatasetConfig(kind="darkzurich", root=str(dz)), "val")
+    val = build_dataset(DatasetConfig(kind="darkzurich", root=str(dz), resize=[16, 8]), "val")
+    assert not val.has_labels and "label" not in val[0]  # label-free metrics only (issue 19)
+    with pytest.raises(UserError, match="no labels"):  # and evaluating against it names what is missing
+        evaluate(torch.nn.Identity(), val, EvalConfig())
 
 
 def test_folder_dataset_uses_its_yaml_class_map(tmp_path):

@@ -78,11 +78,9 @@ class SegmentationDataset(Dataset):
         self.pairs = LAYOUTS[cfg.kind].find_pairs(self.root, cfg.split, need_train_ids=mode != "images")
         if mode == "images":  # the images alone, labels or not (label-free monitoring on target training images)
             self.pairs = [(img, None) for img, _ in self.pairs]
-        missing = sum(label is None for _, label in self.pairs)
-        if mode == "val" and 0 < missing < len(self.pairs):
-            raise UserError(f"{cfg.kind} split '{cfg.split}' under {self.root}: {missing} of {len(self.pairs)} "
-                            f"images have no label; a val split is either labelled or not")
-        self.has_labels = missing == 0  # an unlabelled val split gets label-free metrics only (issue 19)
+        # a layout has a label for every image or no label folder at all (`find_pairs`): an unlabelled val split
+        # gets the label-free metrics only (issue 19)
+        self.has_labels = all(label is not None for _, label in self.pairs)
         self.label_files = {str(label.relative_to(self.root)): i for i, (_, label) in enumerate(self.pairs)
                             if label is not None}
 
