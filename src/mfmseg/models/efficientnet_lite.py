@@ -51,12 +51,17 @@ def round_channels(channels: int, width: float, divisor: int = 8) -> int:
 
 
 class SameConv2d(nn.Conv2d):
-    """Conv2d with TensorFlow "SAME" padding: output = ceil(input / stride); extra padding goes right/bottom."""
+    """Conv2d with TensorFlow "SAME" padding: output = ceil(input / stride); extra padding goes right/bottom.
+
+    The padding (ceil(n/s) − 1)·s + (k − 1)·d + 1 − n is written through r = n mod s as (k − 1)·d + 1 − (r or s):
+    the same integers, but on the symbolic sizes of an ONNX export (`engine.onnx_export`) n mod 2 of a multiple
+    of 32 is known to be 0, where ceil(n / s) made torch.export reason about nested ceilings (10× slower)."""
 
     def forward(self, x: Tensor) -> Tensor:
         pads = []
         for size, k, s, d in zip(x.shape[-2:], self.kernel_size, self.stride, self.dilation):
-            total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            rem = size % s
+            total = max((k - 1) * d + 1 - (rem if rem else s), 0)
             pads.append((total // 2, total - total // 2))
         (top, bottom), (left, right) = pads
         if top or bottom or left or right:
