@@ -131,18 +131,22 @@ def default_fixed_size(model: nn.Module, cfg: Config) -> tuple[int, int] | None:
     return -(-int(h) // m) * m, -(-int(w) // m) * m
 
 
-def _dynamic_shapes(size_multiple: int) -> dict:
+def _dynamic_shapes(size_multiple: int, fixed_size: tuple[int, int] | None) -> dict:
+    """The batch is always dynamic; height and width unless the graph has a fixed size (HRDA)."""
     dim = torch.export.Dim
+    batch = dim("batch", min=1, max=MAX_BATCH)
+    if fixed_size:
+        return {"x": {0: batch}}
     rows = dim("height_blocks", min=1, max=MAX_SIDE // size_multiple)
     cols = dim("width_blocks", min=1, max=MAX_SIDE // size_multiple)
-    return {"x": {0: dim("batch", min=1, max=MAX_BATCH), 2: size_multiple * rows, 3: size_multiple * cols}}
+    return {"x": {0: batch, 2: size_multiple * rows, 3: size_multiple * cols}}
 
 
 def trace_to_onnx(model: nn.Module, fixed_size: tuple[int, int] | None):
     """The logits graph (an `onnx.ModelProto`) from torch's dynamo exporter; an exporter failure is one line."""
     m = model.size_multiple
     example = check_images(fixed_size or (2 * m, 3 * m), 2)
-    shapes = None if fixed_size else _dynamic_shapes(m)
+    shapes = _dynamic_shapes(m, fixed_size)
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # "torchvision is not installed" and similar notes are not the user's business
