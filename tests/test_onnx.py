@@ -132,6 +132,15 @@ def test_predict_with_onnx_agrees_with_the_pth_path(exported, tmp_path, capsys):
     assert _agreement(tmp_path / "pth_slide", tmp_path / "onnx_slide") >= 0.999
 
 
+def test_evaluate_runs_the_onnx_graph(exported, tmp_path):
+    """`mfmseg evaluate model.onnx`: the config comes from the metadata; the mIoU equals the .pth path's."""
+    ckpt, path = exported["mfm"]
+    for model, out in [(ckpt, "pth.json"), (path, "onnx.json")]:
+        assert main(["evaluate", str(model), "--device", "cpu", "--json", str(tmp_path / out)]) == 0
+    pth, onnx_result = (json.loads((tmp_path / f).read_text()) for f in ("pth.json", "onnx.json"))
+    assert onnx_result["mIoU"] == pytest.approx(pth["mIoU"], abs=0.05) and len(onnx_result["per_class_iou"]) == 19
+
+
 def test_cli_labels_graph_outputs_the_argmax(exported, tmp_path, monkeypatch, capsys):
     """--labels appends ArgMax + Cast to the gated logits graph (traced once by the fixture: reused here)."""
     ckpt, path = exported["mfm"]
