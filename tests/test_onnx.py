@@ -233,7 +233,7 @@ def test_every_encoder_family_exports_and_passes_the_gate(family, tmp_path):
 def test_hrda_exports_for_a_fixed_size(tmp_path):
     """HRDA's detail windows are placed by Python arithmetic on the input size: one graph per size."""
     torch.manual_seed(0)
-    hrda = HRDAConfig(enabled=True, hr_crop=[64, 64], detail_stride=[32, 32], attention_embed_dim=16)
+    hrda = HRDAConfig(enabled=True, hr_crop=[64, 64], detail_stride=[64, 64], attention_embed_dim=16)
     model = _zoo("daformer_mitb0", decoder_channels=16, hrda=hrda).eval()
     parity = _gate(model, tmp_path / "hrda.onnx", fixed_size=(128, 192))
     assert all(p.passed() for p in parity) and parity[0].size == (128, 192)
