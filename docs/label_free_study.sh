@@ -5,14 +5,8 @@
 # logged beside them. Then: python docs/label_free_study.py OUT/sweep
 set -euo pipefail
 OUT=${1:-label_free_study}
-DATA=$OUT/data
-if [[ ! -f $DATA/gta/sample_class_stats.json ]]; then
-    mfmseg synth --out "$DATA" --seed 0
-    mfmseg prepare gta "$DATA/gta"
-    mfmseg prepare cityscapes "$DATA/cityscapes"
-fi
+source "$(dirname "$0")/study_data.sh"  # $DATA and ROOTS
 DENSE="train.eval_interval=50 train.checkpoint_interval=200 train.keep_checkpoints=true"
 mfmseg sweep "source_only=synthetic_effl0_source_only $DENSE" "dacs=synthetic_effl0_dacs $DENSE" \
     "dacs_mfm=synthetic_effl0_dacs_mfm $DENSE" "dacs_lr_high=synthetic_effl0_dacs $DENSE optim.lr=2e-3" \
-    --seeds 0 1 2 --jobs 2 --out "$OUT/sweep" \
-    --set "data.source.root=$DATA/gta" --set "data.target.root=$DATA/cityscapes" --set "data.val.root=$DATA/cityscapes"
+    --seeds 0 1 2 --jobs 2 --out "$OUT/sweep" "${ROOTS[@]}"

@@ -3,14 +3,7 @@
 #   bash docs/study_mfm.sh [OUT]      (two runs at a time, one thread each; hours on a 2-core CPU)
 set -euo pipefail
 OUT=${1:-study_mfm}
-DATA=$OUT/data
-if [[ ! -f $DATA/gta/sample_class_stats.json ]]; then
-    mfmseg synth --out "$DATA" --seed 0
-    mfmseg prepare gta "$DATA/gta"
-    mfmseg prepare cityscapes "$DATA/cityscapes"
-fi
-ROOTS=(--set "data.source.root=$DATA/gta" --set "data.target.root=$DATA/cityscapes"
-       --set "data.val.root=$DATA/cityscapes")
+source "$(dirname "$0")/study_data.sh"  # $DATA and ROOTS
 P=synthetic_effl0_dacs_mfm
 LONG="train.max_iters=800 train.eval_interval=400 train.checkpoint_interval=400"
 mfmseg sweep source_only=synthetic_effl0_source_only dacs=synthetic_effl0_dacs dacs_mfm=$P \

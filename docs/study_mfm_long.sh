@@ -16,14 +16,7 @@ set -euo pipefail
 OUT=${1:-study_mfm_long}
 shift || true
 STAGES=${*:-main bnpass normeval mask}
-DATA=$OUT/data
-if [[ ! -f $DATA/gta/sample_class_stats.json ]]; then
-    mfmseg synth --out "$DATA" --seed 0
-    mfmseg prepare gta "$DATA/gta"
-    mfmseg prepare cityscapes "$DATA/cityscapes"
-fi
-ROOTS=(--set "data.source.root=$DATA/gta" --set "data.target.root=$DATA/cityscapes"
-       --set "data.val.root=$DATA/cityscapes")
+source "$(dirname "$0")/study_data.sh"  # $DATA and ROOTS
 D=synthetic_effl0_dacs
 P=synthetic_effl0_dacs_mfm
 LONG="train.max_iters=2000 train.eval_interval=400 train.checkpoint_interval=400 train.panel_interval=1000"
