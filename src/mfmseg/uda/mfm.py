@@ -241,6 +241,7 @@ class MaskedFeatureModelingLoss(AuxiliaryLoss):
     def __init__(self, student: SegmentationModel, crop_hw: Sequence[int], cfg: MFMConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.reads_teacher_entropy = cfg.mask_strategy != "random"
         # sized for what the encoder sees: HRDA's context and detail inputs are 512² windows of a 1024² crop
         self.rebuilder = Rebuilder.for_segmentor(student, student.encoder_input_size(crop_hw), cfg)
 

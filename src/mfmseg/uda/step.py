@@ -133,14 +133,14 @@ class UDAStep(nn.Module):
 
     @torch.no_grad()
     def _pseudo_labels(self, tgt_img: Tensor, run: Run, losses: dict) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Labels, their weight and, when a term reads it (`uda.mfm.mask_strategy`), the teacher's entropy."""
+        """Labels, their weight and, when a term reads it (e.g. `uda.mfm.mask_strategy`), the teacher's entropy."""
         set_teacher_mode(self.teacher)
         with run.autocast():
             logits = self.teacher(tgt_img)  # inference path: HRDA slides its detail windows over the crop
         logits = resize_logits(logits.float(), tuple(tgt_img.shape[-2:]))
         labels, weight = pseudo_label(logits, self.cfg.pseudo_threshold)
         losses["pseudo_q"] = float(weight.flatten()[0])  # read before the margins may zero every pixel
-        wants_entropy = self.cfg.mfm.enabled and self.cfg.mfm.mask_strategy != "random"
+        wants_entropy = any(term.reads_teacher_entropy for term in self.terms.values())
         entropy = normalised_entropy(logits) if wants_entropy else None
         return labels, zero_margins(weight, self.cfg.pseudo_margins), entropy
 

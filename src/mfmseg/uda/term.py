@@ -75,6 +75,8 @@ class TermOutput:
 class AuxiliaryLoss(nn.Module):
     """Base class of the terms: every hook defaults to 'nothing here'."""
 
+    reads_teacher_entropy = False  # True: the step fills `TargetPass.entropy` (a softmax over the crop) for it
+
     def on_source(self, student: SegmentationModel, src: SourcePass, run: Run) -> TermOutput | None:
         return None
 
