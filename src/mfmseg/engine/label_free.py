@@ -199,15 +199,11 @@ def source_distribution_of(root: str | Path, num_classes: int) -> list[float] | 
         return None  # a monitor, not a requirement: training does not need it
 
 
-def source_class_distribution(class_stats: Mapping[str, object] | Sequence[Mapping], num_classes: int
-                              ) -> list[float] | None:
-    """Pixel share per class from the source's rare-class-sampling statistics (`sample_class_stats.json`:
-    one {class id: pixel count} per image); None when there are none."""
-    rows = class_stats.values() if isinstance(class_stats, Mapping) else class_stats
+def source_class_distribution(class_stats: Sequence[Mapping], num_classes: int) -> list[float] | None:
+    """Pixel share per class from the source's rare-class-sampling statistics (`sample_class_stats.json`: one
+    {class id: pixel count, "file": ...} per image); None when there are none."""
     counts = [0.0] * num_classes
-    for row in rows:
-        if not isinstance(row, Mapping):
-            continue
+    for row in class_stats:
         for key, value in row.items():
             if str(key).isdigit() and int(key) < num_classes:
                 counts[int(key)] += float(value)
