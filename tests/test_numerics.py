@@ -1,5 +1,6 @@
 """train.deterministic: strict determinism (no warn_only) with the cuBLAS setting, and one error line naming a
-kernel that has no deterministic implementation (torch's own alert, as its CUDA kernels raise it)."""
+kernel that has no deterministic implementation (torch's own alert, as its CUDA kernels raise it); eval.amp: the
+evaluation dtype and what it changes."""
 
 import os
 
@@ -8,8 +9,12 @@ import torch
 from torch._prims_common import alert_not_deterministic
 
 from mfmseg import cli
-from mfmseg.engine.numerics import set_numerics
-from mfmseg.errors import user_message
+from mfmseg.config import ModelConfig, load_config
+from mfmseg.engine.evaluate import evaluate
+from mfmseg.engine.inference import infer_labels
+from mfmseg.engine.numerics import eval_autocast_dtype, set_numerics
+from mfmseg.errors import UserError, user_message
+from mfmseg.models.zoo import build_model
 from mfmseg.uda.step import UDAStep
 
 
@@ -55,3 +60,57 @@ def test_deterministic_training_is_strict_and_names_a_kernel_without_a_determini
         "error: train.deterministic=true, but upsample_bilinear2d_backward_out_cuda has no deterministic "
         "implementation on this device: set train.deterministic=false (a resumed run then continues only "
         "approximately)")
+
+
+@pytest.mark.parametrize("train_amp,eval_amp,device,expected", [
+    ("bf16", "train", "cuda", torch.bfloat16),  # the default: the training dtype on CUDA
+    ("fp16", "train", "cuda:1", torch.float16),
+    ("none", "train", "cuda", None),
+    ("bf16", "train", "cpu", None),  # CPU keeps fp32 unless asked
+    ("fp16", "train", "cpu", None),  # an fp16-trained checkpoint still evaluates on a CPU
+    ("none", "bf16", "cpu", torch.bfloat16),
+    ("bf16", "none", "cuda", None),
+])
+def test_eval_amp_resolves_to_the_training_dtype_on_cuda(train_amp, eval_amp, device, expected):
+    cfg = load_config("synthetic_dacs", [f"train.amp={train_amp}", f"eval.amp={eval_amp}"])
+    assert load_config("synthetic_dacs").eval.amp == "train"
+    assert eval_autocast_dtype(cfg, torch.device(device)) == expected
+
+
+def test_eval_amp_fp16_on_cpu_and_a_misspelt_value_are_one_line():
+    with pytest.raises(UserError, match="eval.amp=fp16 needs a CUDA device"):
+        eval_autocast_dtype(load_config("synthetic_dacs", ["eval.amp=fp16"]), "cpu")
+    with pytest.raises(UserError, match="eval.amp"):
+        load_config("synthetic_dacs", ["eval.amp=bf32"])
+
+
+class _Images(torch.utils.data.Dataset):
+    has_labels = True
+
+    def __init__(self, imgs, labels):
+        self.imgs, self.labels = imgs, labels
+
+    def __len__(self):
+        return len(self.imgs)
+
+    def __getitem__(self, i):
+        return {"img": self.imgs[i], "label": self.labels[i]}
+
+
+def test_bf16_evaluation_runs_in_bf16_and_agrees_with_fp32():
+    """A tiny random network scored against its own fp32 predictions (fp32 mIoU 100 by construction): under
+    eval.amp=bf16 its layers really compute in bf16 and the mIoU stays close; the labels are its argmax on float
+    logits, so bf16 rounding moves only pixels near a tie."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="daformer_mitb0", decoder_channels=32)).eval()
+    imgs = torch.randn(2, 3, 64, 128)
+    labels = [infer_labels(model, img[None], (64, 128))[0].long() for img in imgs]
+    data, cfg = _Images(imgs, labels), load_config("synthetic_dacs", ["eval.amp=bf16"]).eval
+    seen = []
+    hook = model.decode_head.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    fp32 = evaluate(model, data, cfg, progress=False)
+    bf16 = evaluate(model, data, cfg, progress=False, autocast_dtype=torch.bfloat16)
+    hook.remove()
+    assert seen == [torch.float32] * 2 + [torch.bfloat16] * 2
+    assert fp32["mIoU"] == pytest.approx(100.0)
+    assert 90.0 <= bf16["mIoU"] <= 100.0

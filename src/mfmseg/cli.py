@@ -135,6 +135,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from mfmseg.data.datasets import build_dataset
     from mfmseg.engine.evaluate import evaluate
     from mfmseg.engine.metrics import format_table
+    from mfmseg.engine.numerics import eval_autocast_dtype
     from mfmseg.engine.trainer import json_safe
     from mfmseg.files import atomic_write_text, check_output_file
 
@@ -148,7 +149,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.mode:
         cfg.eval.mode = args.mode
     dataset = build_dataset(cfg.data.val, "val", num_classes=cfg.model.num_classes)
-    result = evaluate(model, dataset, cfg.eval, device=device)
+    result = evaluate(model, dataset, cfg.eval, device=device, autocast_dtype=eval_autocast_dtype(cfg, device))
     print(format_table(result))
     if args.json:
         atomic_write_text(args.json, json.dumps(json_safe(result), indent=2))

@@ -189,6 +189,9 @@ class EvalConfig:
     window: List[int] = field(default_factory=lambda: [512, 512])  # [H, W]
     stride: List[int] = field(default_factory=lambda: [341, 341])
     batch_size: int = 1
+    # autocast dtype of evaluation, predict and panels: "train" = train.amp on CUDA, fp32 elsewhere (CPU autocast is
+    # emulated on most CPUs: slower, and CPU results stay as they were); none | bf16 | fp16 force one
+    amp: str = "train"
     label_free: bool = True  # log the label-free metrics of the val images at each evaluation (docs/label_free.md)
 
 
@@ -214,6 +217,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.name": ("adamw", "sgd"),
     "train.amp": ("none", "bf16", "fp16"),
     "eval.mode": ("whole", "slide"),
+    "eval.amp": ("train", "none", "bf16", "fp16"),
 }
 
 

@@ -12,6 +12,7 @@ from mfmseg.data.labels import CITYSCAPES_CLASSES
 from mfmseg.engine.distributed import DistContext
 from mfmseg.engine.inference import infer_labels
 from mfmseg.engine.metrics import ConfusionMatrix, summarize
+from mfmseg.engine.numerics import autocast
 from mfmseg.errors import UserError
 
 
@@ -21,8 +22,10 @@ def class_names(num_classes: int) -> list[str]:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset, cfg: EvalConfig, *, device: torch.device | str = "cpu",
-             progress: bool = True, ctx: DistContext = DistContext()) -> dict:
-    """{"mIoU", "mIoU16", "mIoU13", "aAcc", "per_class_iou"} in percent; the model is run in eval mode.
+             progress: bool = True, ctx: DistContext = DistContext(), autocast_dtype: torch.dtype | None = None
+             ) -> dict:
+    """{"mIoU", "mIoU16", "mIoU13", "aAcc", "per_class_iou"} in percent; the model is run in eval mode, under
+    autocast in `autocast_dtype` when given (`numerics.eval_autocast_dtype`; logits are float before the argmax).
 
     Under several ranks (`ctx`), every rank evaluates images rank, rank + world, ... and the confusion matrices
     (integer counts) are summed: every rank is busy, none waits in a collective for a whole validation pass, and
@@ -33,14 +36,16 @@ def evaluate(model: nn.Module, dataset, cfg: EvalConfig, *, device: torch.device
     was_training = model.training
     model.eval()
     cm = ConfusionMatrix(model.num_classes, device)
+    amp = autocast(device, autocast_dtype)
     try:
         for i in tqdm(range(ctx.rank, len(dataset), ctx.world_size), desc="evaluate", disable=not progress,
                       unit="img"):
             sample = dataset[i]
             img = sample["img"][None].to(device)
             label = sample["label"].to(device)
-            pred = infer_labels(model, img, tuple(label.shape[-2:]), cfg.mode, cfg.window, cfg.stride,
-                                cfg.batch_size)
+            with amp:
+                pred = infer_labels(model, img, tuple(label.shape[-2:]), cfg.mode, cfg.window, cfg.stride,
+                                    cfg.batch_size)
             cm.update(pred[0], label)
     finally:
         model.train(was_training)

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mfmseg.engine.numerics import autocast
+
 # name -> True when higher is better: what `train.select_by` and `mfmseg select` rank by
 METRICS: dict[str, bool] = {"entropy": False, "im": True, "confident": True, "flip_consistency": True,
                             "agreement": True, "snd": True, "class_kl": False}
@@ -166,20 +168,27 @@ def padded_forward(model: nn.Module, img: Tensor) -> Tensor:
 @torch.no_grad()
 def label_free_metrics(model: nn.Module, images: Iterable[Tensor], *, teacher: nn.Module | None = None,
                        threshold: float = 0.968, source_distribution: Sequence[float] | None = None,
-                       flip: bool = True, device: torch.device | str = "cpu", reduce: bool = False) -> dict:
+                       flip: bool = True, device: torch.device | str = "cpu", reduce: bool = False,
+                       autocast_dtype: torch.dtype | None = None) -> dict:
     """Every metric of the table over `images` (each 1×3×H×W, normalised), model and teacher in eval mode; both
     are returned to the mode they were in. `reduce`: sum the counts of every rank of the process group (each
-    rank passes its share of the images; SND is each rank's own, averaged)."""
+    rank passes its share of the images; SND is each rank's own, averaged). The networks run under autocast in
+    `autocast_dtype` (evaluation's), their logits in float before any softmax or argmax."""
     modes = [(m, m.training) for m in (model, teacher) if m is not None]
     acc = LabelFreeAccumulator(model.num_classes, threshold)
+
+    def forward(m: nn.Module, img: Tensor) -> Tensor:
+        with autocast(device, autocast_dtype):
+            return padded_forward(m, img).float()
+
     try:
         for m, _ in modes:
             m.eval()
         for img in images:
             img = img.to(device)
-            logits = padded_forward(model, img)
-            flipped = padded_forward(model, img.flip(-1)) if flip else None
-            acc.update(logits, flipped, padded_forward(teacher, img) if teacher is not None else None)
+            logits = forward(model, img)
+            flipped = forward(model, img.flip(-1)) if flip else None
+            acc.update(logits, flipped, forward(teacher, img) if teacher is not None else None)
     finally:
         for m, mode in modes:
             m.train(mode)

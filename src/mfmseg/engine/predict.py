@@ -18,6 +18,7 @@ from mfmseg.data.datasets import read_image
 from mfmseg.data.labels import TRAIN_ID_TO_CITYSCAPES_ID
 from mfmseg.data.transforms import normalize, target_size
 from mfmseg.engine.inference import infer_labels
+from mfmseg.engine.numerics import autocast, eval_autocast_dtype
 from mfmseg.engine.report import colorize
 from mfmseg.errors import UserError
 from mfmseg.files import atomic_write, check_output_dir
@@ -103,7 +104,8 @@ def predict_images(model: torch.nn.Module, cfg: Config, inputs: list[str], out_d
                    device: str | torch.device = "cpu") -> list[Path]:
     """One output PNG per input image at the input's resolution; the network sees it at `data.val.resize`.
 
-    A batch is not stopped by one bad image: every readable image is written, and the unreadable ones are listed
+    The network runs under autocast in `eval.amp`'s dtype (`numerics.eval_autocast_dtype`). A batch is not stopped
+    by one bad image: every readable image is written, and the unreadable ones are listed
     at the end as a UserError (exit 2). A write failure (full disk) stops at once. An --out folder this call
     created and wrote nothing into is removed, so a failed run leaves no empty folder behind."""
     if fmt not in FORMATS:
@@ -112,6 +114,7 @@ def predict_images(model: torch.nn.Module, cfg: Config, inputs: list[str], out_d
     created = not out_dir.exists()
     check_output_dir(out_dir)
     jobs = output_names(collect_inputs(inputs))
+    amp = autocast(device, eval_autocast_dtype(cfg, device))
     written: list[Path] = []
     failed: list[str] = []
     try:
@@ -125,8 +128,9 @@ def predict_images(model: torch.nn.Module, cfg: Config, inputs: list[str], out_d
             window = cfg.eval.window
             mode = ("slide" if cfg.eval.mode == "slide" or size[1] > 2 * window[0] or size[0] > 2 * window[1]
                     else "whole")
-            pred = infer_labels(model, x, (image.height, image.width), mode, window, cfg.eval.stride,
-                                cfg.eval.batch_size)[0].cpu().numpy()
+            with amp:
+                pred = infer_labels(model, x, (image.height, image.width), mode, window, cfg.eval.stride,
+                                    cfg.eval.batch_size)[0].cpu().numpy()
             written.append(atomic_write(out_dir / rel, render(pred, image, fmt).save))
     finally:
         if created and out_dir.is_dir() and not any(p.is_file() for p in out_dir.rglob("*")):

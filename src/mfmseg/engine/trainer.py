@@ -33,7 +33,7 @@ from mfmseg.engine.checkpoint import (TRAIN_FORMAT, TRAIN_SECTIONS, atomic_torch
 from mfmseg.engine.distributed import (DistContext, all_ranks_agree, allreduce_gradients, broadcast_state,
                                        init_distributed, shutdown_distributed)
 from mfmseg.engine.evaluate import class_names, evaluate
-from mfmseg.engine.numerics import set_numerics
+from mfmseg.engine.numerics import AMP_DTYPES, eval_autocast_dtype, set_numerics
 from mfmseg.engine.export import save_inference_model
 from mfmseg.engine.label_free import METRICS, label_free_metrics, source_distribution_of
 from mfmseg.engine.optim import apply_lr, build_optimizer, param_groups
@@ -43,9 +43,6 @@ from mfmseg.errors import UserError
 from mfmseg.files import atomic_write_text, check_output_dir, exclusive_lock
 from mfmseg.models.zoo import build_model
 from mfmseg.uda.step import UDAStep
-
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 def resolve_device(name: str, ctx: DistContext) -> torch.device:
     if name == "auto":
@@ -145,6 +142,7 @@ class Trainer:
         self.amp_dtype = AMP_DTYPES[cfg.train.amp]
         if self.amp_dtype == torch.float16 and self.device.type != "cuda":
             raise UserError("train.amp=fp16 needs a CUDA device; use train.amp=bf16 on CPU")
+        self.eval_dtype = eval_autocast_dtype(cfg, self.device)
         set_numerics(self.device, cfg.train.deterministic)
         self.val_set = val_dataset(cfg) if cfg.train.eval_interval >= 0 else None  # every rank: its share
         check_select_by(cfg.train.select_by, self.val_set, cfg.eval.label_free)  # before the work dir exists
@@ -267,7 +265,8 @@ class Trainer:
         error = None
         try:
             losses, visuals = self.step.train_step(_to_device(batch, self.device), it, autocast_dtype=self.amp_dtype,
-                                                   scaler=self.scaler, return_visuals=want_panel)
+                                                   scaler=self.scaler, return_visuals=want_panel,
+                                                   panel_dtype=self.eval_dtype)
         except FloatingPointError as e:
             error, losses, visuals = e, {}, None
         if not all_ranks_agree(error is None):
@@ -309,7 +308,7 @@ class Trainer:
         self.student.eval()
         with torch.no_grad():
             result = evaluate(self.student, self.val_set, self.cfg.eval, device=self.device, progress=False,
-                              ctx=self.ctx) if self.val_set.has_labels else {}
+                              ctx=self.ctx, autocast_dtype=self.eval_dtype) if self.val_set.has_labels else {}
         self.student.train()
         if self.cfg.eval.label_free:
             result["label_free"] = self._label_free()
@@ -335,7 +334,7 @@ class Trainer:
         return label_free_metrics(self.student, images, teacher=self.step.teacher,
                                   threshold=self.cfg.uda.pseudo_threshold,
                                   source_distribution=self.source_distribution, device=self.device,
-                                  reduce=self.ctx.enabled)
+                                  reduce=self.ctx.enabled, autocast_dtype=self.eval_dtype)
 
     def _keep_checkpoints(self, done: int, result: dict) -> None:
         """`train.keep_checkpoints`: this iteration's inference weights in checkpoints/; `train.select_by`:

@@ -96,11 +96,12 @@ class UDAStep(nn.Module):
 
     # ---- the iteration --------------------------------------------------------------------------------------
     def train_step(self, batch: dict[str, Tensor], iteration: int, *, autocast_dtype: torch.dtype | None = None,
-                   scaler: Any = None, generator: torch.Generator | None = None, return_visuals: bool = False
-                   ) -> tuple[dict[str, float], dict[str, Tensor] | None]:
+                   scaler: Any = None, generator: torch.Generator | None = None, return_visuals: bool = False,
+                   panel_dtype: torch.dtype | None = None) -> tuple[dict[str, float], dict[str, Tensor] | None]:
         """EMA, source CE (+ source terms), pseudo-labels, ClassMix CE (+ mixed terms), target terms; each pass
         with its backward. Randomness comes from `generator` (CPU) or, when None, torch's global RNG.
-        Returns the logged values and, with `return_visuals`, the panel images (CPU tensors, image size)."""
+        Returns the logged values and, with `return_visuals`, the panel images (CPU tensors, image size); the
+        panel's eval-mode prediction runs under autocast in `panel_dtype` (evaluation's dtype, `eval.amp`)."""
         run = Run(iteration, self.device, autocast_dtype, generator)
         losses: dict[str, float] = {}
         panel: list[Visuals] = []
@@ -118,7 +119,7 @@ class UDAStep(nn.Module):
             panel.append(lambda: {"tgt_img": tgt_img, "pseudo_label": labels})
         if not return_visuals:
             return losses, None
-        return losses, self._render(panel, batch)
+        return losses, self._render(panel, batch, Run(iteration, self.device, panel_dtype))
 
     def _source_pass(self, img: Tensor, label: Tensor, run: Run, losses: dict, panel: list, scaler: Any) -> None:
         """Source CE and the source terms share one encoder pass and one backward."""
@@ -185,24 +186,25 @@ class UDAStep(nn.Module):
             panel.append(out.visuals)
 
     # ---- panels -----------------------------------------------------------------------------------------------
-    def _render(self, panel: list[Visuals], batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    def _render(self, panel: list[Visuals], batch: dict[str, Tensor], run: Run) -> dict[str, Tensor]:
         """Panel images on the CPU: what each pass recorded (later ones drawn over earlier ones), the student's
         eval-mode prediction on the target crop and, when the batch has one, the target label."""
         visuals: dict[str, Tensor] = {}
         for render in panel:
             visuals.update(render())
-        visuals.update(tgt_img=batch["tgt_img"], tgt_pred=self._student_prediction(batch["tgt_img"]))
+        visuals.update(tgt_img=batch["tgt_img"], tgt_pred=self._student_prediction(batch["tgt_img"], run))
         if "tgt_label" in batch:
             visuals["tgt_label"] = batch["tgt_label"]
         return {k: v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu() for k, v in visuals.items()}
 
     @torch.no_grad()
-    def _student_prediction(self, img: Tensor) -> Tensor:
+    def _student_prediction(self, img: Tensor, run: Run) -> Tensor:
         """Eval-mode prediction (running BN statistics), so that asking for a panel never changes training."""
         was_training = self.student.training
         self.student.eval()
         try:
-            logits = self.student(img)
+            with run.autocast():
+                logits = self.student(img)
         finally:
             self.student.train(was_training)
         return resize_logits(logits.float(), tuple(img.shape[-2:])).argmax(1)
