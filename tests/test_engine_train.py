@@ -7,7 +7,7 @@ import torch
 
 from mfmseg.config import load_config
 from mfmseg.engine.checkpoint import load_train_checkpoint
-from mfmseg.engine.trainer import train
+from mfmseg.engine.trainer import pins_memory, train
 from mfmseg.errors import UserError
 
 METHODS = {
@@ -98,6 +98,12 @@ def test_compiled_training_matches_eager(tmp_path, tiny_overrides, monkeypatch):
     ckpt_eager = load_train_checkpoint(tmp_path / "eager" / "latest.pth")
     ckpt_compiled = load_train_checkpoint(tmp_path / "compiled" / "latest.pth")
     assert list(ckpt_compiled["student"]) == list(ckpt_eager["student"])
+
+
+def test_loader_batches_are_pinned_only_for_a_cuda_device():
+    """The trainer's `non_blocking` copies are asynchronous only from page-locked memory; on CPU pinning is waste."""
+    assert pins_memory(torch.device("cuda")) and pins_memory(torch.device("cuda", 1))
+    assert not pins_memory(torch.device("cpu")) and not pins_memory(torch.device("mps"))
 
 
 def test_panel_legend_names_the_classes_shown():

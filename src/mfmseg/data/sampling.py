@@ -101,8 +101,11 @@ class UDAStream(IterableDataset):
 
 
 def build_uda_loader(cfg: DataConfig, seed: int, rank: int = 0, world_size: int = 1,
-                     start_iter: int = 0, num_classes: int = 255) -> Iterator[dict]:
-    """An endless iterator of UDA batches, deterministic under (seed, rank) whatever the number of workers."""
+                     start_iter: int = 0, num_classes: int = 255, pin_memory: bool = False) -> Iterator[dict]:
+    """An endless iterator of UDA batches, deterministic under (seed, rank) whatever the number of workers.
+    `pin_memory`: the workers' batches land in page-locked memory, so that the trainer's `non_blocking` copies to
+    the GPU are truly asynchronous (without workers there is no pinning thread: a pin would be one more copy on
+    the training thread)."""
     source = build_dataset(cfg.source, "train", cat_max_ratio=cfg.cat_max_ratio, num_classes=num_classes)
     target = build_dataset(cfg.target, "train", num_classes=num_classes)
     rcs = RareClassSampler(Path(cfg.source.root), cfg.rcs, source) if cfg.rcs.enabled else None
@@ -110,5 +113,5 @@ def build_uda_loader(cfg: DataConfig, seed: int, rank: int = 0, world_size: int 
     if cfg.num_workers <= 0:
         return iter(stream)
     loader = DataLoader(stream, batch_size=None, num_workers=cfg.num_workers, persistent_workers=False,
-                        prefetch_factor=2)
+                        prefetch_factor=2, pin_memory=pin_memory)
     return iter(loader)

@@ -55,6 +55,12 @@ def resolve_device(name: str, ctx: DistContext) -> torch.device:
     return torch.device(name)
 
 
+def pins_memory(device: torch.device) -> bool:
+    """Page-locked loader batches only for a CUDA device: there they make the host-to-GPU copies asynchronous; on
+    CPU pinning buys nothing (and warns without an accelerator)."""
+    return device.type == "cuda"
+
+
 def seed_iteration(seed: int, rank: int, iteration: int) -> None:
     """Global RNGs as a pure function of (seed, rank, iteration): dropout, drop-path, masks, mixing."""
     s = (seed * 1_000_003 + rank * 10_007 + iteration) % (2**31)
@@ -227,7 +233,8 @@ class Trainer:
         cfg, tc = self.cfg, self.cfg.train
         loader: Iterator[dict] = build_uda_loader(cfg.data, seed=cfg.seed, rank=self.ctx.rank,
                                                   world_size=self.ctx.world_size, start_iter=self.start_iter,
-                                                  num_classes=cfg.model.num_classes)
+                                                  num_classes=cfg.model.num_classes,
+                                                  pin_memory=pins_memory(self.device))
         params = [p for p in self.step.parameters() if p.requires_grad]
         bar = tqdm(total=tc.max_iters, initial=self.start_iter, disable=not self.ctx.is_main,
                    desc=Path(cfg.work_dir).name, dynamic_ncols=True)
