@@ -7,7 +7,7 @@ import torch
 
 from mfmseg.config import load_config
 from mfmseg.engine.checkpoint import load_train_checkpoint
-from mfmseg.engine.trainer import pins_memory, train
+from mfmseg.engine.trainer import Trainer, pins_memory, train
 from mfmseg.errors import UserError
 
 METHODS = {
@@ -98,6 +98,29 @@ def test_compiled_training_matches_eager(tmp_path, tiny_overrides, monkeypatch):
     ckpt_eager = load_train_checkpoint(tmp_path / "eager" / "latest.pth")
     ckpt_compiled = load_train_checkpoint(tmp_path / "compiled" / "latest.pth")
     assert list(ckpt_compiled["student"]) == list(ckpt_eager["student"])
+
+
+def test_compile_covers_the_student_the_teacher_and_the_imagenet_copy(tmp_path, tiny_overrides):
+    """`train.compile=true` compiles every part of the three networks a DAFormer step runs (nothing is run: a
+    compiled call is set, the graphs are built on first use), and parameter names stay the plain model's."""
+    plain = load_config("synthetic_dacs", tiny_overrides(tmp_path / "plain", "uda.fd.enabled=true"))
+    trainer = Trainer(load_config("synthetic_dacs", tiny_overrides(tmp_path / "compiled", "uda.fd.enabled=true",
+                                                                   "train.compile=true")))
+    try:
+        nets = trainer.step.networks()
+        assert len({id(n) for n in nets}) == 3 and nets[1] is trainer.step.teacher
+        assert nets[2] is trainer.step.terms["fd"].imnet
+        parts = [part for net in nets for part in net.children()]
+        assert len(parts) == 6 and all(part._compiled_call_impl is not None for part in parts)
+        names = list(trainer.step.state_dict()["student"])
+    finally:
+        trainer.close()
+    eager = Trainer(plain)
+    try:
+        assert all(part._compiled_call_impl is None for net in eager.step.networks() for part in net.children())
+        assert names == list(eager.step.state_dict()["student"])
+    finally:
+        eager.close()
 
 
 def test_loader_batches_are_pinned_only_for_a_cuda_device():

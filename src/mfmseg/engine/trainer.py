@@ -61,6 +61,17 @@ def pins_memory(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
+def compile_networks(networks: list[torch.nn.Module], **options: Any) -> None:
+    """`torch.compile` every part (encoder, decode head, HRDA's scale attention) of each network, in place: the
+    step calls `encode` and `decode` separately, so parts, not whole models; in place, so that parameter names
+    (checkpoints, export) stay those of the plain model. The teacher's and the ImageNet copy's forwards (the
+    teacher's HRDA sliding-window pass is one of the costliest of a step) are compiled too. `options` go to
+    `torch.compile` (a benchmark's backend)."""
+    for net in networks:
+        for part in net.children():
+            part.compile(**options)
+
+
 def seed_iteration(seed: int, rank: int, iteration: int) -> None:
     """Global RNGs as a pure function of (seed, rank, iteration): dropout, drop-path, masks, mixing."""
     s = (seed * 1_000_003 + rank * 10_007 + iteration) % (2**31)
@@ -157,14 +168,13 @@ class Trainer:
         self.student = build_model(cfg.model).to(self.device)
         if cfg.train.grad_checkpointing:
             self.student.set_grad_checkpointing(True)
-        if cfg.train.compile:  # in place: parameter names (checkpoints, export) stay those of the plain model
-            for part in self.student.children():  # encoder, decode_head (and HRDA's scale_attention)
-                part.compile()
         if cfg.train.sync_bn:
             if not (self.ctx.enabled and self.device.type == "cuda"):
                 raise UserError("train.sync_bn=true needs a multi-GPU run (torchrun on CUDA devices)")
             self.student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
         self.step = UDAStep(self.student, cfg.uda, crop_hw=tuple(cfg.data.target.crop), device=self.device)
+        if cfg.train.compile:  # after the teacher and FD copies exist: a deep copy drops a module's compiled call
+            compile_networks(self.step.networks())
         self.optimizer = build_optimizer(param_groups(self.student, cfg.optim, self.step.param_parts()), cfg.optim)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.start_iter = self._resume(resume_from) if resume_from is not None else 0

@@ -76,6 +76,9 @@ class FeatureDistanceLoss(AuxiliaryLoss):
                               self.cfg.thing_classes, self.cfg.cell_ratio, student.num_classes)
         return TermOutput({"loss_fd": self.cfg.weight * fd})
 
+    def frozen_networks(self) -> list[nn.Module]:
+        return [self.imnet]
+
     def train(self, mode: bool = True) -> "FeatureDistanceLoss":
         """The ImageNet copy stays in eval mode whatever the method is switched to."""
         super().train(mode)

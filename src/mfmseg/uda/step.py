@@ -72,6 +72,12 @@ class UDAStep(nn.Module):
             sections.update(term.checkpoint_sections())
         return sections
 
+    def networks(self) -> list[nn.Module]:
+        """Every segmentation network the step runs: the student, the EMA teacher and the terms' frozen copies
+        (FD's ImageNet model), each a separate deep copy (what `train.compile` compiles)."""
+        nets = [self.student] + ([self.teacher] if self.teacher is not None else [])
+        return nets + [net for term in self.terms.values() for net in term.frozen_networks()]
+
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
         """The checkpoint sections {"student": ..., "teacher": ... or None, "rebuilder": ... (MFM)}: the on-disk
         layout of `mfmseg-train-v1`. Frozen copies of the student (FD's ImageNet model) are rebuilt, not saved."""

@@ -93,3 +93,7 @@ class AuxiliaryLoss(nn.Module):
     def checkpoint_sections(self) -> dict[str, nn.Module]:
         """{checkpoint key: module} for state that a resumed run needs (frozen copies of the student are rebuilt)."""
         return {}
+
+    def frozen_networks(self) -> list[nn.Module]:
+        """Copies of the student the term runs (FD's ImageNet model): what `train.compile` compiles beside it."""
+        return []
