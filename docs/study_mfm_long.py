@@ -1,18 +1,20 @@
 """Tables and figures of the long-schedule MFM study (docs/study_mfm.md, issue 16) from its sweep folders.
 
-    python docs/study_mfm_long.py study_mfm_long/sweep_long [more sweep folders] --baseline dacs_2k --out docs/figures
+    python docs/study_mfm_long.py study_mfm_long/sweep_long study_mfm_long/sweep_normeval --out docs/figures
 
 Reads every run's `metrics.jsonl`, finished or not (a run still training, or stopped when the CPU budget ran out,
 contributes the evaluations it reached, marked as partial), and prints in Markdown:
 
 1. every run's target val mIoU at each evaluation (400, 800, ... iterations);
-2. per label, the seed-paired difference to the baseline at each evaluation: the curve of Δ over training,
-   mean ± sample std and on how many seeds it is positive (only seeds where both runs reached that evaluation);
-3. the pseudo-label weight q (the weight of every target loss, MFM's included) over the last third of training
-   and over fixed windows, per run.
+2. per comparison (`--compare LABEL:BASELINE ...`; by default the study's questions, those whose runs exist), the
+   seed-paired difference at each evaluation: the curve of Δ over training, mean ± sample std and on how many
+   seeds it is positive (only seeds where both runs reached that evaluation);
+3. per comparison, the per-class Δ at the last evaluation both runs of a seed reached (mean over those seeds);
+4. the pseudo-label weight q (the weight of every target loss, MFM's included) and the MFM loss over the last
+   third of training and over fixed windows, per run.
 
 Writes `study_long.png`: q per label (one panel each, one line per seed: no series hides another) and the paired
-Δ curves. Labels are compared only with the baseline of their own folder's sweep.
+Δ curves.
 """
 
 from __future__ import annotations
@@ -27,11 +29,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+# The study's questions: what MFM buys over DACS; what the extra pass alone does (lambda 0, target_bn_pass); what
+# MFM's gradient buys beyond its extra pass; the same with the encoder's statistics frozen; the mask strategies.
+COMPARISONS = ["dacs_mfm_2k:dacs_2k", "mfm_lambda0_2k:dacs_2k", "dacs_bnpass_2k:dacs_2k", "dacs_mfm_2k:mfm_lambda0_2k",
+               "dacs_mfm_ne:dacs_ne", "dacs_mfm_ne_2k:dacs_ne_2k", "mfm_uncertain_2k:dacs_mfm_2k",
+               "mfm_confident_2k:dacs_mfm_2k"]
+
 
 def read_run(run_dir: Path) -> dict:
-    """{"val": {iter: mIoU}, "q": {iter: q}, "mfm": {iter: loss}, "done": bool, "max_iters": int | None}.
-    A half-written last line (a run killed mid-write) is skipped."""
-    val, q, mfm = {}, {}, {}
+    """{"val": {iter: mIoU}, "classes": {iter: {class: IoU}}, "q": {iter: q}, "mfm": {iter: loss}, "done": bool,
+    "max_iters": int | None}. A half-written last line (a run killed mid-write) is skipped."""
+    val, classes, q, mfm = {}, {}, {}, {}
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         try:
             row = json.loads(line)
@@ -40,6 +48,7 @@ def read_run(run_dir: Path) -> dict:
         it = int(row.get("iter", -1))
         if row.get("kind") == "val" and row.get("mIoU") is not None:
             val[it] = float(row["mIoU"])
+            classes[it] = row.get("per_class_iou") or {}
         elif row.get("kind") == "train":
             if "pseudo_q" in row:
                 q[it] = float(row["pseudo_q"])
@@ -51,7 +60,7 @@ def read_run(run_dir: Path) -> dict:
         for line in config.read_text().splitlines():
             if line.strip().startswith("max_iters:"):
                 max_iters = int(line.split(":")[1])
-    return {"val": val, "q": q, "mfm": mfm, "done": (run_dir / "summary.json").exists(), "max_iters": max_iters}
+    return {"val": val, "classes": classes, "q": q, "mfm": mfm, "done": (run_dir / "summary.json").exists(), "max_iters": max_iters}
 
 
 def read_sweeps(folders: list[Path]) -> dict[str, dict[int, dict]]:
@@ -87,39 +96,73 @@ def runs_table(runs: dict[str, dict[int, dict]], points: list[int]) -> str:
     return "\n".join(lines)
 
 
-def delta_table(runs: dict[str, dict[int, dict]], baseline: str, points: list[int]) -> tuple[str, dict]:
+def paired(runs: dict[str, dict[int, dict]], label: str, baseline: str, p: int) -> list[tuple[int, float]]:
+    """(seed, Δ mIoU at evaluation p) for every seed where both runs reached p."""
     base = runs.get(baseline, {})
+    return [(s, run["val"][p] - base[s]["val"][p]) for s, run in sorted(runs.get(label, {}).items())
+            if s in base and p in run["val"] and p in base[s]["val"]]
+
+
+def delta_table(runs: dict[str, dict[int, dict]], pairs: list[tuple[str, str]], points: list[int]
+                ) -> tuple[str, dict]:
     curves: dict[str, dict[int, list[float]]] = {}
-    lines = [f"| label − {baseline} | " + " | ".join(f"Δ at it {p} (n, Δ>0)" for p in points) + " |",
+    lines = ["| comparison | " + " | ".join(f"Δ at it {p} (n, Δ>0)" for p in points) + " |",
              "|---|" + "---|" * len(points)]
-    for label in sorted(runs):
-        if label == baseline:
-            continue
+    for label, baseline in pairs:
         cells = []
         for p in points:
-            diffs = [run["val"][p] - base[s]["val"][p] for s, run in sorted(runs[label].items())
-                     if s in base and p in run["val"] and p in base[s]["val"]]
-            curves.setdefault(label, {})[p] = diffs
+            diffs = [d for _, d in paired(runs, label, baseline, p)]
+            curves.setdefault(f"{label} − {baseline}", {})[p] = diffs
             cells.append(f"{mean_std(diffs)} ({len(diffs)}, {sum(d > 0 for d in diffs)}/{len(diffs)})"
                          if diffs else "—")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} − {baseline} | " + " | ".join(cells) + " |")
     return "\n".join(lines), curves
 
 
+def class_delta_table(runs: dict[str, dict[int, dict]], pairs: list[tuple[str, str]]) -> str:
+    """Per-class Δ IoU at the last evaluation both runs of a seed reached, averaged over seeds."""
+    rows, names = {}, []
+    for label, baseline in pairs:
+        per_seed = []
+        for seed, run in sorted(runs.get(label, {}).items()):
+            base = runs[baseline].get(seed)
+            common = sorted(set(run["classes"]) & set(base["classes"])) if base else []
+            if common:
+                a, b = run["classes"][common[-1]], base["classes"][common[-1]]
+                per_seed.append({c: a[c] - b[c] for c in a if a[c] is not None and b.get(c) is not None})
+                names = names or list(a)
+        if per_seed:
+            rows[f"{label} − {baseline} (n={len(per_seed)})"] = {
+                c: statistics.fmean(d[c] for d in per_seed) for c in names if all(c in d for d in per_seed)}
+    if not rows:
+        return ""
+    lines = ["| comparison | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for key, deltas in rows.items():
+        lines.append(f"| {key} | " + " | ".join(f"{deltas[c]:+.1f}" if c in deltas else "—" for c in names) + " |")
+    return "\n".join(lines)
+
+
 def q_table(runs: dict[str, dict[int, dict]]) -> str:
-    lines = ["| label | seed | q, last third | q, it 0–400 | 400–800 | 800–1200 | 1200–1600 | 1600–2000 |",
+    """q and (for MFM runs) the MFM loss, as "q / loss", over the last third and over 400-iteration windows."""
+    lines = ["| label | seed | q / MFM loss, last third | it 0–400 | 400–800 | 800–1200 | 1200–1600 | 1600–2000 |",
              "|---|---|---|---|---|---|---|---|"]
     for label in sorted(runs):
         for seed, run in sorted(runs[label].items()):
             n = run["max_iters"] or max(run["q"], default=0)
-            last = window_mean(run["q"], 2 * n / 3, n) if max(run["q"], default=0) >= n else None
-            cells = [window_mean(run["q"], lo, lo + 400) for lo in range(0, 2000, 400)]
-            fmt = lambda v: "—" if v is None else f"{v:.2f}"  # noqa: E731
-            lines.append(f"| {label} | {seed} | {fmt(last)} | " + " | ".join(fmt(c) for c in cells) + " |")
+            finished = max(run["q"], default=0) >= n
+
+            def cell(lo: float, hi: float, show: bool = True) -> str:
+                q, loss = window_mean(run["q"], lo, hi), window_mean(run["mfm"], lo, hi)
+                if not show or q is None:
+                    return "—"
+                return f"{q:.2f}" + (f" / {loss:.3f}" if loss is not None else "")
+
+            cells = [cell(lo, lo + 400) for lo in range(0, 2000, 400)]
+            lines.append(f"| {label} | {seed} | {cell(2 * n / 3, n, finished)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def plot(runs: dict[str, dict[int, dict]], curves: dict, baseline: str, path: Path) -> None:
+def plot(runs: dict[str, dict[int, dict]], curves: dict, path: Path) -> None:
     labels = sorted(runs)
     fig, axes = plt.subplots(1, len(labels) + 1, figsize=(3.2 * (len(labels) + 1), 3.2), squeeze=False)
     for ax, label in zip(axes[0], labels):
@@ -136,7 +179,7 @@ def plot(runs: dict[str, dict[int, dict]], curves: dict, baseline: str, path: Pa
                         yerr=[statistics.stdev(by_point[p]) if len(by_point[p]) > 1 else 0 for p in pts],
                         marker="o", capsize=3, label=label)
     ax.axhline(0, color="black", lw=0.6)
-    ax.set(title=f"paired Δ mIoU vs {baseline}", xlabel="iteration", ylabel="Δ mIoU")
+    ax.set(title="paired Δ mIoU", xlabel="iteration", ylabel="Δ mIoU")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
     fig.tight_layout()
@@ -146,18 +189,21 @@ def plot(runs: dict[str, dict[int, dict]], curves: dict, baseline: str, path: Pa
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sweeps", type=Path, nargs="+")
-    ap.add_argument("--baseline", default="dacs_2k")
+    ap.add_argument("--compare", nargs="+", default=COMPARISONS, metavar="LABEL:BASELINE")
     ap.add_argument("--out", type=Path, default=Path("."))
     ap.add_argument("--name", default="study_long.png")
     args = ap.parse_args()
     runs = read_sweeps(args.sweeps)
     points = sorted({p for label in runs.values() for run in label.values() for p in run["val"]})
     print(runs_table(runs, points) + "\n")
-    table, curves = delta_table(runs, args.baseline, points)
+    pairs = [tuple(c.split(":", 1)) for c in args.compare]
+    pairs = [(label, base) for label, base in pairs if label in runs and base in runs]
+    table, curves = delta_table(runs, pairs, points)
     print(table + "\n")
+    print(class_delta_table(runs, pairs) + "\n")
     print(q_table(runs) + "\n")
     args.out.mkdir(parents=True, exist_ok=True)
-    plot(runs, curves, args.baseline, args.out / args.name)
+    plot(runs, curves, args.out / args.name)
     print(f"wrote {args.out / args.name}")
 
 
