@@ -20,6 +20,8 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from typing import Any
 
 VARIANTS = {
     "baseline": ["uda.mfm.enabled=false"],
@@ -100,20 +102,38 @@ def flop_counter():
     return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: conv_backward})
 
 
-def measure(preset: str, overrides: list[str], steps: int, warmup: int) -> dict:
-    """One variant, in this process: mean seconds per step after `warmup` steps, and peak memory."""
+@dataclass
+class StepBench:
+    """A preset's UDA step on one random batch of its crop size, as the trainer builds it (random weights)."""
+    cfg: Any
+    device: Any
+    student: Any
+    step: Any
+    opt: Any
+    batch: dict
+
+    def run(self, iteration: int, autocast_dtype=None) -> dict[str, float]:
+        """One training iteration (zero_grad, the step's passes and backwards, optimizer step); its losses."""
+        self.opt.zero_grad(set_to_none=True)
+        losses, _ = self.step.train_step(self.batch, iteration, autocast_dtype=autocast_dtype)
+        self.opt.step()
+        return losses
+
+
+def build_bench(preset: str, overrides: list[str]) -> StepBench:
+    """Student, UDA step, optimiser and a random batch (source images + labels, target images) of the preset's
+    crop and batch size, on `train.device`; the weights are random (`model.pretrained=null`: no download)."""
     import torch
 
     from mfmseg.config import load_config
-    from mfmseg.engine.optim import build_optimizer, param_groups
-    from mfmseg.engine.trainer import AMP_DTYPES, resolve_device, seed_iteration
     from mfmseg.engine.distributed import DistContext
+    from mfmseg.engine.optim import build_optimizer, param_groups
+    from mfmseg.engine.trainer import resolve_device, seed_iteration
     from mfmseg.models.zoo import build_model
     from mfmseg.uda.step import UDAStep
 
     cfg = load_config(preset, ["model.pretrained=null", *overrides])
     device = resolve_device(cfg.train.device, DistContext())
-    peak_flops = matmul_peak_flops(str(device), cfg.train.amp)  # beside the variant: the machine is shared
     seed_iteration(0, 0, 0)
     student = build_model(cfg.model).to(device)
     if cfg.train.grad_checkpointing:
@@ -125,28 +145,52 @@ def measure(preset: str, overrides: list[str], steps: int, warmup: int) -> dict:
     label[:, : h // 4] = 10  # a large class, as in street scenes
     batch = {"src_img": torch.randn(b, 3, h, w, device=device), "src_label": label,
              "tgt_img": torch.randn(b, 3, h, w, device=device)}
+    return StepBench(cfg, device, student, step, opt, batch)
+
+
+def synchronize(device) -> None:
+    """Wait for the device's queued kernels (CUDA runs asynchronously): a timer must not stop before they end."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(bench: StepBench, steps: int, warmup: int, autocast_dtype=None) -> list[float]:
+    """Seconds of each of `steps` iterations after `warmup` untimed ones (allocator, cuDNN autotuning, compile)."""
     times = []
     for i in range(warmup + steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(bench.device)
         t = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        step.train_step(batch, i, autocast_dtype=AMP_DTYPES[cfg.train.amp])
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        bench.run(i, autocast_dtype)
+        synchronize(bench.device)
         if i >= warmup:
             times.append(time.perf_counter() - t)
+    return times
+
+
+def measure(preset: str, overrides: list[str], steps: int, warmup: int) -> dict:
+    """One variant, in this process: mean seconds per step after `warmup` steps, and peak memory."""
+    import torch
+
+    from mfmseg.engine.numerics import AMP_DTYPES
+
+    bench = build_bench(preset, overrides)
+    peak_flops = matmul_peak_flops(str(bench.device), bench.cfg.train.amp)  # beside the variant: the machine is shared
+    dtype = AMP_DTYPES[bench.cfg.train.amp]
+    times = time_steps(bench, steps, warmup, dtype)
     with flop_counter() as counter, SavedActivationMeter() as saved:  # one more step, counted
-        opt.zero_grad(set_to_none=True)
-        step.train_step(batch, warmup + steps, autocast_dtype=AMP_DTYPES[cfg.train.amp])
+        bench.opt.zero_grad(set_to_none=True)
+        bench.step.train_step(bench.batch, warmup + steps, autocast_dtype=dtype)
+    device = bench.device
     peak = (torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     sec = sum(times) / len(times)
+    b = bench.cfg.data.batch_size
     return {"sec_per_step": sec, "images_per_s": 2 * b / sec, "flops_per_step": counter.get_total_flops(),
             "peak_mem_mib": peak,
             "saved_activations_mib": saved.peak / 2**20, "matmul_peak_flops": peak_flops, "device": str(device),
-            "params": sum(p.numel() for p in student.parameters())}
+            "params": sum(p.numel() for p in bench.student.parameters())}
 
 
 def matmul_peak_flops(device: str, dtype_name: str, n: int = 2048, reps: int = 20) -> float:
