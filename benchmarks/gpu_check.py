@@ -211,6 +211,7 @@ def start_process_group(device: torch.device) -> None:
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=f"tcp://127.0.0.1:{free_port()}",
                             rank=0, world_size=1, timeout=timedelta(seconds=120))
+    all_ranks_agree(True)  # nccl builds its communicator at the first collective: not inside a preset's timing
 
 
 def resolve(args: argparse.Namespace) -> torch.device:
