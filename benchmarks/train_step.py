@@ -142,7 +142,8 @@ def build_bench(preset: str, overrides: list[str]) -> StepBench:
     opt = build_optimizer(param_groups(student, cfg.optim, step.param_parts()), cfg.optim)
     b, (h, w) = cfg.data.batch_size, cfg.data.target.crop
     label = torch.randint(0, cfg.model.num_classes, (b, h, w), device=device)
-    label[:, : h // 4] = 10  # a large class, as in street scenes
+    label[:, : h // 4] = 10  # a large class (sky), as in street scenes
+    label[:, h // 4: h // 2] = 13  # and a band of a thing class (car): FD's loss has feature cells to compare
     batch = {"src_img": torch.randn(b, 3, h, w, device=device), "src_label": label,
              "tgt_img": torch.randn(b, 3, h, w, device=device)}
     return StepBench(cfg, device, student, step, opt, batch)
