@@ -16,7 +16,7 @@ Then `train.compile` on `--compile-preset` (the trainer's `compile_networks`: st
 iteration (graph capture + code generation) and s/step compiled against eager. Skipped, and said so, when less than
 COMPILE_RESERVE_S of `--budget-s` is left. The JSON is rewritten after each preset, so a crash keeps what ran.
 
-    python benchmarks/gpu_check.py --device cuda:0 --out gpu_check        # < 8 minutes on one H100-class GPU
+    python benchmarks/gpu_check.py --device cuda:0 --out gpu_check        # sized for < 8 min on an H100 (unmeasured)
     python benchmarks/gpu_check.py --tiny --device cpu --out /tmp/gc      # the same code in seconds (tests)
 
 `--tiny` swaps in small networks and crops through the presets' own overrides (`TINY_MODELS`, `tiny_overrides`),
