@@ -47,7 +47,8 @@ from mfmseg.engine.distributed import _buckets, all_ranks_agree, allreduce_gradi
 from mfmseg.engine.evaluate import evaluate  # noqa: E402
 from mfmseg.engine.numerics import AMP_DTYPES, eval_autocast_dtype, set_numerics  # noqa: E402
 from mfmseg.engine.trainer import compile_networks, seed_iteration  # noqa: E402
-from mfmseg.errors import UserError  # noqa: E402
+from mfmseg.errors import UserError, first_line  # noqa: E402
+from mfmseg.files import check_output_dir  # noqa: E402
 
 PRESETS = ("gta2cs_dacs_dlv2", "gta2cs_dacs_dlv2_mfm", "gta2cs_daformer_mitb5", "gta2cs_daformer_mitb5_mfm",
            "gta2cs_hrda_mitb5_mfm", "gta2cs_mic_hrda_dinov2l_mfm")
@@ -273,7 +274,7 @@ def write(report: dict, out: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     device = resolve(args)
-    out = Path(args.out)
+    out = check_output_dir(args.out, "--out")
     out.mkdir(parents=True, exist_ok=True)
     set_numerics(device, deterministic=False)  # as the trainer: TF32 on CUDA
     start = time.perf_counter()
@@ -292,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 report["presets"][preset] = check_preset(preset, overrides, args)
             except Exception as e:  # noqa: BLE001 - one preset's failure (an OOM) must not hide the others'
-                report["presets"][preset], failed = {"error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}, True
+                report["presets"][preset], failed = {"error": f"{type(e).__name__}: {first_line(e)}"}, True
             write(report, out)
             print(f"[{time.perf_counter() - start:.0f} s] {preset} done", file=sys.stderr)
         left = args.budget_s - (time.perf_counter() - start)
@@ -322,7 +323,7 @@ def compile_section(args: argparse.Namespace, common: list[str], device: torch.d
         return check_compile(preset, common + (tiny_overrides(preset) if args.tiny else []), args,
                              (eager or {}).get("sec_per_step"))
     except Exception as e:  # noqa: BLE001 - reported in the JSON and the exit code
-        return {"preset": preset, "error": f"{type(e).__name__}: {str(e).splitlines()[0]}"}
+        return {"preset": preset, "error": f"{type(e).__name__}: {first_line(e)}"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,6 +60,9 @@ def test_bad_arguments_are_one_line(gpu_check, tmp_path, capsys):
     if not torch.cuda.is_available():
         assert gpu_check.main(["--device", "cuda:0", "--out", str(tmp_path)]) == 2
         assert "no CUDA device is visible" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert gpu_check.main(["--tiny", "--device", "cpu", "--out", str(tmp_path / "file")]) == 2
+    assert "it is a file" in capsys.readouterr().err
     assert not (tmp_path / "gpu_check.json").exists()
 
 
