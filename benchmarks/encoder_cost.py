@@ -1,7 +1,8 @@
 """FLOPs and activations saved for backward of one forward/backward of a zoo network (batch 1), with and without
-activation checkpointing: what a ViT-L costs next to MiT-B5, where a whole UDA step (benchmarks/train_step.py) of a
-ViT-L is too slow for a CPU. A DACS/DAFormer step runs about 3 such passes per image (source, mixed; + the
-teacher's forward), MFM one more; multiply by the batch.
+activation checkpointing: what a ViT-L costs next to MiT-B5, one pass at a time (`mfmseg cost PRESET` plans the
+whole UDA step). A DACS/DAFormer step runs two such passes per image (source, mixed) plus the teacher's forward, MFM
+one more, MIC one more; multiply by the batch. Runs on fake tensors (`mfmseg.engine.cost`): nothing is computed or
+allocated at full size, so ViT-L at 1024² takes seconds; FLOPs and saved bytes equal a real run's (tests/test_cost.py).
 
     python benchmarks/encoder_cost.py --models daformer_mitb5 daformer_dinov2_l daformer_dinov3_l --size 512
     python benchmarks/encoder_cost.py --models daformer_dinov3_l --size 1024 --hrda   # HRDA: context + detail
@@ -15,20 +16,23 @@ import time
 
 import torch
 import torch.nn.functional as F
-from train_step import SavedActivationMeter, flop_counter  # noqa: E402  (benchmarks/ is the script's folder)
+
+from mfmseg.config import HRDAConfig, ModelConfig
+from mfmseg.engine.cost import SavedActivationMeter, ShapeOnlyMode, flop_counter, give_fake_tensors
+from mfmseg.models.zoo import build_model
 
 
 def measure(name: str, size: int, hrda: bool, checkpointing: bool) -> dict:
-    from mfmseg.config import HRDAConfig, ModelConfig
-    from mfmseg.models.zoo import build_model
-
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(name=name, hrda=HRDAConfig(enabled=hrda, hr_crop=[size // 2] * 2))).train()
+    with torch.device("meta"):
+        model = build_model(ModelConfig(name=name, hrda=HRDAConfig(enabled=hrda, hr_crop=[size // 2] * 2))).train()
+    mode = ShapeOnlyMode()
+    give_fake_tensors(model, mode)
     model.set_grad_checkpointing(checkpointing)
-    x = torch.randn(1, 3, size, size)
-    label = torch.randint(0, 19, (1, size, size))
     t = time.perf_counter()
-    with flop_counter() as flops, SavedActivationMeter() as saved:
+    weights = [*model.parameters(), *model.buffers()]
+    with mode, flop_counter() as flops, SavedActivationMeter(exclude=weights) as saved:
+        x = torch.zeros(1, 3, size, size)
+        label = torch.zeros(1, size, size, dtype=torch.long)
         out = model.decode(model.encode(x))
         logits = getattr(out, "fused", out)  # HRDA: the fused logits; its detail logits join the loss
         loss = F.cross_entropy(F.interpolate(logits, size=(size, size), mode="bilinear"), label)
@@ -48,7 +52,8 @@ def main() -> None:
     rows = [measure(m, args.size, args.hrda, ckpt) for m in args.models for ckpt in (False, True)]
     for r in rows:
         print(f"{r['model']:22s} {r['size']}{' hrda' if r['hrda'] else ''} ckpt={r['checkpointing']!s:5s} "
-              f"{r['gflop']:9.1f} GFLOP  {r['saved_mib']:8.1f} MiB saved  ({r['sec']:.0f} s)", flush=True)
+              f"{r['params_m']:7.1f} M {r['gflop']:9.1f} GFLOP  {r['saved_mib']:8.1f} MiB saved  "
+              f"({r['sec']:.0f} s to count)", flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=1)

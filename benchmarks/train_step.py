@@ -2,8 +2,9 @@
 
 Each variant runs in its own subprocess so that peak memory (RSS on CPU, CUDA max-allocated on GPU) is its own.
 RSS on CPU mixes parameters, optimiser state and allocator caching, so every variant also reports the peak of the
-activations held for backward (bytes of the tensors autograd saved, counted by storage while they are alive): the
-memory that activation checkpointing trades for compute, on any device.
+activations held for backward (bytes of the tensors autograd saved, counted by storage while they are alive, weights
+excluded: `mfmseg.engine.cost.SavedActivationMeter`): the memory that activation checkpointing trades for compute,
+on any device. `mfmseg cost PRESET` gives the same bytes per pass on fake tensors, without running the step.
 Synthetic random batches of the preset's crop size stand in for data: this measures the step, not the loader
 (see benchmarks/data_loading.py). The MFM/baseline time ratio is the number the issue asks for (goal ≤ 1.30×).
 
@@ -22,6 +23,8 @@ import sys
 import time
 from typing import Any, NamedTuple
 
+from mfmseg.engine.cost import SavedActivationMeter, flop_counter
+
 VARIANTS = {
     "baseline": ["uda.mfm.enabled=false"],
     "baseline+ckpt": ["uda.mfm.enabled=false", "train.grad_checkpointing=true"],
@@ -30,75 +33,6 @@ VARIANTS = {
     "mfm+ckpt": ["uda.mfm.enabled=true", "train.grad_checkpointing=true"],
     "mfm-mixed": ["uda.mfm.enabled=true", "uda.mfm.domain=mixed"],
 }
-
-
-class SavedActivationMeter:
-    """Peak bytes of tensors saved for backward across a step (one graph alive at a time in the UDA step).
-
-    A saved_tensors_hooks pack hook wraps each saved tensor in a holder; the holder lives as long as the graph
-    keeps it, so the live total rises in forward and falls when backward frees the graph. Storages are counted
-    once however many times they are saved. Recomputation inside checkpointed regions is transient and not
-    counted (it holds one block's activations at a time)."""
-
-    def __init__(self) -> None:
-        self.live: dict[int, list[int]] = {}  # storage pointer -> [references, bytes]
-        self.total = self.peak = 0
-
-    def _pack(self, t):
-        return _Held(self, t)
-
-    def __enter__(self):
-        import torch
-
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda held: held.tensor)
-        self._hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._hooks.__exit__(*exc)
-
-    def add(self, key: int, nbytes: int) -> None:
-        entry = self.live.setdefault(key, [0, nbytes])
-        if entry[0] == 0:
-            self.total += nbytes
-            self.peak = max(self.peak, self.total)
-        entry[0] += 1
-
-    def remove(self, key: int) -> None:
-        entry = self.live[key]
-        entry[0] -= 1
-        if entry[0] == 0:
-            self.total -= entry[1]
-            del self.live[key]
-
-
-class _Held:
-    def __init__(self, meter: SavedActivationMeter, tensor) -> None:
-        self.meter, self.tensor = meter, tensor
-        storage = tensor.untyped_storage()
-        self.key = storage.data_ptr()
-        meter.add(self.key, storage.nbytes())
-
-    def __del__(self) -> None:
-        self.meter.remove(self.key)
-
-
-def flop_counter():
-    """torch's FlopCounterMode, with convolution backward counted right for grouped and depthwise convolutions.
-
-    torch's backward formula ignores `groups` in the weight gradient (as if every input channel met every output
-    channel): a 96-channel depthwise 3x3 backward counts 48x too high, and MiT's Mix-FFN and EfficientNet-Lite
-    steps with it. Each gradient of a convolution (input, weight) takes exactly the multiply-adds of its forward
-    (every pair of an output position and a weight entry once), so backward = forward x gradients asked for."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
-
-    def conv_backward(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
-                      _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
-        forward = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed)  # w_shape holds C_in / groups
-        return forward * (bool(output_mask[0]) + bool(output_mask[1]))
-
-    return FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: conv_backward})
 
 
 class StepBench(NamedTuple):
@@ -179,7 +113,8 @@ def measure(preset: str, overrides: list[str], steps: int, warmup: int) -> dict:
     peak_flops = matmul_peak_flops(str(bench.device), bench.cfg.train.amp)  # beside the variant: the machine is shared
     dtype = AMP_DTYPES[bench.cfg.train.amp]
     times = time_steps(bench, steps, warmup, dtype)
-    with flop_counter() as counter, SavedActivationMeter() as saved:  # one more step, counted
+    weights = [*bench.step.parameters(), *bench.step.buffers()]  # counted as weights, not activations
+    with flop_counter() as counter, SavedActivationMeter(exclude=weights) as saved:  # one more step, counted
         bench.opt.zero_grad(set_to_none=True)
         bench.step.train_step(bench.batch, warmup + steps, autocast_dtype=dtype)
     device = bench.device

@@ -1,21 +1,17 @@
-"""The benchmarks' FLOP counter (benchmarks/train_step.py: flop_counter) against hand counts of a depthwise and a
-grouped convolution, forward and backward: torch's own formula counts the weight gradient `groups` times over."""
-
-import importlib.util
-from pathlib import Path
+"""The FLOP counter of `mfmseg cost` and the benchmarks (mfmseg.engine.cost.flop_counter) against hand counts of a
+depthwise and a grouped convolution, forward and backward: torch's own formula counts the weight gradient `groups`
+times over."""
 
 import pytest
 import torch
 from torch import nn
 
-spec = importlib.util.spec_from_file_location("train_step", Path(__file__).parents[1] / "benchmarks" / "train_step.py")
-train_step = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(train_step)
+from mfmseg.engine.cost import flop_counter
 
 
 def counted(conv: nn.Conv2d, x: torch.Tensor) -> tuple[int, int]:
     """(forward, backward) FLOPs of one pass, the input and the weight both needing gradients."""
-    with train_step.flop_counter() as counter:
+    with flop_counter() as counter:
         conv(x).sum().backward()
     by_op = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
     return by_op["aten.convolution"], by_op["aten.convolution_backward"]

@@ -87,6 +87,23 @@ def _cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_cost(args: argparse.Namespace) -> int:
+    from mfmseg.config import list_presets, load_config
+    from mfmseg.engine.cost import TABLE_HEADER, format_plan, memory_plan, memory_plans, table_row
+
+    if args.all:  # every shipped preset: the markdown table of docs/performance.md
+        overrides = ([args.preset] if args.preset else []) + args.overrides
+        configs = [(name, load_config(name, overrides)) for name in list_presets()]  # every config checked first
+        print(TABLE_HEADER, flush=True)
+        for plan in memory_plans(configs):
+            print(table_row(plan), flush=True)
+        return 0
+    if not args.preset:
+        raise UserError("give a preset (see configs/) or a YAML file, or --all for every preset")
+    print(format_plan(memory_plan(load_config(args.preset, args.overrides), args.preset)))
+    return 0
+
+
 def _parse_size(text: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
@@ -280,6 +297,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="a preset name (see configs/) or a YAML file")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("cost", help="memory plan per GPU (weights, gradients, optimiser, activations) and FLOPs "
+                                    "of one training step; measured on fake tensors, no GPU needed",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  mfmseg cost gta2cs_hrda_mitb5_mfm\n"
+                              "  mfmseg cost gta2cs_daformer_mitb5_mfm data.batch_size=4\n"
+                              "  mfmseg cost --all > table.md   # every shipped preset, one markdown row each")
+    p.add_argument("preset", nargs="?", help="a preset name (see configs/) or a YAML file")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.add_argument("--all", action="store_true", help="every shipped preset: a markdown table")
+    p.set_defaults(func=_cmd_cost)
 
     p = sub.add_parser("demo", help="synthetic benchmark from ImageNet weights: source-only vs DACS vs DACS+MFM "
                                     "on the CPU (~10 min)",
