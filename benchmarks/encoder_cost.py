@@ -22,10 +22,10 @@ from mfmseg.engine.cost import SavedActivationMeter, ShapeOnlyMode, flop_counter
 from mfmseg.models.zoo import build_model
 
 
-def measure(name: str, size: int, hrda: bool, checkpointing: bool) -> dict:
+def measure(name: str, size: int, hrda: bool, checkpointing: bool, mode: ShapeOnlyMode) -> dict:
+    """One network's pass in `mode` (one fake mode for the whole process: tensors of two modes never mix)."""
     with torch.device("meta"):
         model = build_model(ModelConfig(name=name, hrda=HRDAConfig(enabled=hrda, hr_crop=[size // 2] * 2))).train()
-    mode = ShapeOnlyMode()
     give_fake_tensors(model, mode)
     model.set_grad_checkpointing(checkpointing)
     t = time.perf_counter()
@@ -49,7 +49,8 @@ def main() -> None:
     ap.add_argument("--hrda", action="store_true")
     ap.add_argument("--out")
     args = ap.parse_args()
-    rows = [measure(m, args.size, args.hrda, ckpt) for m in args.models for ckpt in (False, True)]
+    mode = ShapeOnlyMode()
+    rows = [measure(m, args.size, args.hrda, ckpt, mode) for m in args.models for ckpt in (False, True)]
     for r in rows:
         print(f"{r['model']:22s} {r['size']}{' hrda' if r['hrda'] else ''} ckpt={r['checkpointing']!s:5s} "
               f"{r['params_m']:7.1f} M {r['gflop']:9.1f} GFLOP  {r['saved_mib']:8.1f} MiB saved  "

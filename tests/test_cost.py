@@ -100,7 +100,7 @@ def test_cli_prints_the_plan_and_refuses_bad_input_in_one_line(capsys):
     assert main(["cost", "synthetic_dacs_mfm", *SMALL]) == 0
     out = capsys.readouterr().out
     assert "synthetic_dacs_mfm: deeplabv2_r18" in out and "<- this config" in out
-    for word in ("weights", "gradients", "optimiser", "src", "mix", "mfm", "peak", "total", "fits", "TFLOP"):
+    for word in ("weights", "gradients", "optimiser", "src", "mix", "mfm", "peak", "total", "fits", "GFLOP"):
         assert word in out
     for argv in (["cost", "no_such_preset"], ["cost", "synthetic_dacs_mfm", "train.no_such_key=1"]):
         assert main(argv) == 2

@@ -171,12 +171,13 @@ def give_fake_tensors(module: nn.Module, mode: FakeTensorMode) -> None:
                     m._buffers[name] = torch.empty_strided(b.shape, b.stride(), dtype=b.dtype)
 
 
-def fake_step(cfg: Config) -> tuple[UDAStep, FakeTensorMode]:
+def fake_step(cfg: Config, mode: FakeTensorMode | None = None) -> tuple[UDAStep, FakeTensorMode]:
     """The preset's UDA method (student, teacher, FD copy, Rebuilder) with fake weights: built on the meta device
     (no memory, no initialisation, no download: `model.pretrained` is ignored), then given fake CPU tensors so that
     CPU autocast and the step's device logic run as on a real CPU. (FakeTensorMode cannot `.to()` a module itself,
-    hence the detour.)"""
-    mode = ShapeOnlyMode()
+    hence the detour.) Pass one `mode` for every model a process fakes: tensors of two fake modes never mix, and
+    a library may cache a tensor across models."""
+    mode = mode or ShapeOnlyMode()
     model_cfg = dataclasses.replace(cfg.model, pretrained=None)
     with torch.device("meta"):
         step = UDAStep(build_model(model_cfg), cfg.uda, crop_hw=tuple(cfg.data.target.crop), device="meta")
@@ -282,10 +283,10 @@ def _weight_bytes(step: UDAStep) -> dict[str, int]:
             for name, m in owners.items() if m is not None and any(True for _ in m.parameters())}
 
 
-def memory_plan(cfg: Config, name: str = "config") -> MemoryPlan:
+def memory_plan(cfg: Config, name: str = "config", mode: FakeTensorMode | None = None) -> MemoryPlan:
     """Measure every (fp32 | bf16) × (checkpointing off | on) step of `cfg` on fake tensors. FLOPs do not depend
     on the autocast dtype: they are counted in the fp32 steps only."""
-    step, mode = fake_step(cfg)
+    step, mode = fake_step(cfg, mode)
     trained = [p for p in step.parameters() if p.requires_grad]
     grad_bytes = sum(p.numel() * p.element_size() for p in trained)
     plan = MemoryPlan(name, cfg, _weight_bytes(step), sum(p.numel() for p in trained), grad_bytes,
@@ -310,10 +311,11 @@ def _plan_key(cfg: Config) -> str:
 def memory_plans(configs: Iterable[tuple[str, Config]]) -> Iterator[MemoryPlan]:
     """`memory_plan` of each (name, config), measuring each distinct `_plan_key` once."""
     seen: dict[str, MemoryPlan] = {}
+    mode = ShapeOnlyMode()
     for name, cfg in configs:
         key = _plan_key(cfg)
         if key not in seen:
-            seen[key] = memory_plan(cfg, name)
+            seen[key] = memory_plan(cfg, name, mode)
         yield dataclasses.replace(seen[key], name=name, cfg=cfg)
 
 # ---- printing -------------------------------------------------------------------------------------------------
@@ -326,8 +328,8 @@ def _card(total: int) -> str:
     return f"{card} GB" if card else "> 80 GB"
 
 
-def _tflop(flops: int | None) -> str:
-    return f"{flops / 1e12:.2f}" if flops is not None else "-"
+def _gflop(flops: int | None) -> str:
+    return f"{flops / 1e9:,.1f}" if flops is not None else "-"
 
 
 def format_plan(plan: MemoryPlan) -> str:
@@ -345,22 +347,22 @@ def format_plan(plan: MemoryPlan) -> str:
              "activations saved for backward, per pass (one pass's graph is alive at a time), GiB:"]
     passes = [name for name, _ in plan.steps[("fp32", False)].graphs]
     head = f"  {'amp':<5} {'ckpt':<5}" + "".join(f"{p:>9}" for p in passes)
-    lines.append(head + f"{'peak':>9}{'total':>9}  {'fits':<8}{'TFLOP':>7}")
+    lines.append(head + f"{'peak':>9}{'total':>9}  {'fits':<8}{'GFLOP':>10}")
     for (amp, ckpt), cost in plan.steps.items():
         row = f"  {amp:<5} {('on' if ckpt else 'off'):<5}" + "".join(f"{_gib(n):>9}" for _, n in cost.graphs)
         total = plan.total(amp, ckpt)
         flops = plan.steps[("fp32", ckpt)].flops
-        lines.append(row + f"{_gib(cost.peak):>9}{_gib(total):>9}  {_card(total):<8}{_tflop(flops):>7}"
+        lines.append(row + f"{_gib(cost.peak):>9}{_gib(total):>9}  {_card(total):<8}{_gflop(flops):>10}"
                      + ("   <- this config" if (amp, ckpt) == mark else ""))
     lines.append(f"total = weights + gradients + optimiser + the peak pass; fits = the smallest of "
                  f"{'/'.join(map(str, CARDS_GIB))} GB cards holding total x {1 + FRAGMENTATION:.2f} + "
-                 f"{CONTEXT_GIB} GiB (CUDA context, fragmentation, unsaved transients); TFLOP = forward + backward of "
+                 f"{CONTEXT_GIB} GiB (CUDA context, fragmentation, unsaved transients); GFLOP = forward + backward of "
                  "the whole step (teacher and FD forwards included), counted on fake tensors")
     return "\n".join(lines)
 
 
 TABLE_HEADER = ("| preset | crop, batch/GPU | weights + grads + AdamW (GiB) | activation peak fp32 / bf16 / bf16 + ckpt "
-                "(GiB) | total fp32 → fits | total bf16 + ckpt → fits | TFLOP/step (+ ckpt) |\n"
+                "(GiB) | total fp32 → fits | total bf16 + ckpt → fits | GFLOP/step (+ ckpt) |\n"
                 "|---|---|---|---|---|---|---|")
 
 
@@ -372,4 +374,4 @@ def table_row(plan: MemoryPlan) -> str:
     fp32, small = plan.total("fp32", False), plan.total("bf16", True)
     return (f"| `{plan.name}` | {crop}, {cfg.data.batch_size}+{cfg.data.batch_size} | {_gib(plan.static_bytes)} | "
             f"{peaks} | {_gib(fp32)} → {_card(fp32)} | {_gib(small)} → {_card(small)} | "
-            f"{_tflop(plan.steps[('fp32', False)].flops)} ({_tflop(plan.steps[('fp32', True)].flops)}) |")
+            f"{_gflop(plan.steps[('fp32', False)].flops)} ({_gflop(plan.steps[('fp32', True)].flops)}) |")
