@@ -49,7 +49,8 @@ class SavedActivationMeter:
     tensors whose storages are not activations (parameters and buffers, which layers save for their input
     gradient, are counted once as weights). The UDA step keeps one graph alive at a time, so each time the live
     total returns to zero a graph ended: `graph_peaks` holds each graph's peak in order. Recomputation inside
-    checkpointed regions is transient and not counted (one block at a time, during that block's backward)."""
+    checkpointed regions is transient and not counted: one segment at a time, during that segment's backward (a
+    block for MiT/ViT/EfficientNet-Lite, a whole stage for ResNet, which this meter therefore understates)."""
 
     def __init__(self, exclude: Iterable[Tensor] = ()) -> None:
         self.exclude = {t.untyped_storage()._cdata for t in exclude}
@@ -357,7 +358,10 @@ def format_plan(plan: MemoryPlan) -> str:
     lines.append(f"total = weights + gradients + optimiser + the peak pass; fits = the smallest of "
                  f"{'/'.join(map(str, CARDS_GIB))} GB cards holding total x {1 + FRAGMENTATION:.2f} + "
                  f"{CONTEXT_GIB} GiB (CUDA context, fragmentation, unsaved transients); GFLOP = forward + backward of "
-                 "the whole step (teacher and FD forwards included), counted on fake tensors")
+                 "the whole step (teacher and FD forwards included), counted on fake tensors. With checkpointing, "
+                 "backward also re-creates one checkpointed segment's activations at a time, not counted here: a "
+                 "block of MiT/ViT/EfficientNet-Lite (small), a whole stage of ResNet (up to most of the 'ckpt off' "
+                 "figure: plan those on 'ckpt off')")
     return "\n".join(lines)
 
 
