@@ -33,7 +33,6 @@ def set_numerics(device: torch.device, deterministic: bool) -> None:
         torch.backends.cudnn.allow_tf32 = not deterministic
 
 
-
 def eval_autocast_dtype(cfg: Config, device: torch.device | str) -> torch.dtype | None:
     """The autocast dtype of evaluation, predict and training panels. `eval.amp=train` is the training dtype on
     CUDA (a bf16-trained model evaluates in bf16 at its training speed instead of fp32) and fp32 elsewhere: CPU

@@ -44,6 +44,7 @@ from mfmseg.files import atomic_write_text, check_output_dir, exclusive_lock
 from mfmseg.models.zoo import build_model
 from mfmseg.uda.step import UDAStep
 
+
 def resolve_device(name: str, ctx: DistContext) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
