@@ -6,7 +6,10 @@ Reads every run's `metrics.jsonl` (evaluations that logged both the true mIoU an
 per metric: the Spearman rank correlation with true mIoU over all evaluations pooled and within each run (mean over
 runs), and the mIoU regret of selecting by the metric within each run: against the best evaluation by true mIoU
 (oracle − selected, ≥ 0) and against simply taking the last evaluation (last − selected: > 0 means the metric picks
-worse than "last").
+worse than "last"). Then, per run label (the sweep's `runs/LABEL/seedN`), the mean final and peak mIoU and the
+regret of "last" and of the best metrics, because selection only earns its keep on runs that get worse.
+Only finished runs (a `summary.json` beside the log) are used unless --partial; `--out DIR` also writes
+label_free_study.png (true mIoU and the watched metrics over training, one panel per label).
 """
 
 from __future__ import annotations
@@ -42,11 +45,13 @@ def spearman(x: list[float], y: list[float]) -> float | None:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def read_runs(paths: list[Path]) -> dict[str, list[dict]]:
+def read_runs(paths: list[Path], partial: bool = False) -> dict[str, list[dict]]:
     logs = [p / "metrics.jsonl" for p in paths if (p / "metrics.jsonl").is_file()]
     logs += [log for p in paths for log in sorted(p.glob("runs/*/seed*/metrics.jsonl"))]
     runs = {}
     for log in logs:
+        if not partial and not (log.parent / "summary.json").is_file():
+            continue
         rows = []
         for line in log.read_text().splitlines():
             try:
@@ -102,14 +107,88 @@ def markdown(table: list[dict], runs: dict) -> str:
     return "\n".join(lines)
 
 
+def label_of(run: str) -> str:
+    """`.../runs/LABEL/seedN` -> LABEL (a bare run dir is its own label)."""
+    path = Path(run)
+    return path.parent.name if path.name.startswith("seed") else path.name
+
+
+def by_label(runs: dict[str, list[dict]], metrics: list[str]) -> str:
+    """Per label: final and peak mIoU, and each selection rule's regret against the run's own peak."""
+    groups: dict[str, list[list[dict]]] = {}
+    for run, rows in runs.items():
+        groups.setdefault(label_of(run), []).append(rows)
+    head = "| label | runs | final mIoU | peak mIoU | regret: last | " + " | ".join(f"regret: {m}" for m in metrics)
+    lines = [head + " |", "|---" * (5 + len(metrics)) + "|"]
+    for label, group in groups.items():
+        peak = [max(r["mIoU"] for r in rows) for rows in group]
+        cells = [f"{statistics.fmean(rows[-1]['mIoU'] for rows in group):.2f}", f"{statistics.fmean(peak):.2f}",
+                 f"{statistics.fmean(p - rows[-1]['mIoU'] for p, rows in zip(peak, group)):.2f}"]
+        for metric in metrics:
+            regrets = []
+            for p, rows in zip(peak, group):
+                rows = [r for r in rows if metric in r["label_free"]]
+                if rows:
+                    pick = (max if METRICS[metric] else min)(rows, key=lambda r: r["label_free"][metric])
+                    regrets.append(p - pick["mIoU"])
+            cells.append(f"{statistics.fmean(regrets):.2f}" if regrets else "—")
+        lines.append(f"| {label} | {len(group)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(runs: dict[str, list[dict]], metrics: list[str], out: Path) -> Path:
+    """One panel per label: true mIoU (black) and each metric mapped linearly onto its run's mIoU range, so a
+    metric that ranks checkpoints well follows the black line (ranking is all that selection uses)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = sorted({label_of(run) for run in runs})
+    fig, axes = plt.subplots(1, len(labels), figsize=(4 * len(labels), 3.4), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, label in zip(axes[0], labels):
+        group = [rows for run, rows in runs.items() if label_of(run) == label]
+        for n, rows in enumerate(group):
+            its = [r["iter"] for r in rows]
+            miou = np.array([r["mIoU"] for r in rows])
+            ax.plot(its, miou, color="black", lw=1.4, label="true mIoU" if n == 0 else None)
+            for colour, metric in zip(colours, metrics):
+                v = np.array([r["label_free"].get(metric, np.nan) for r in rows], dtype=float)
+                if np.isnan(v).all():
+                    continue
+                v = v if METRICS[metric] else -v
+                span = np.nanmax(v) - np.nanmin(v)
+                v = (v - np.nanmin(v)) / span if span > 0 else v * 0
+                ax.plot(its, miou.min() + v * (miou.max() - miou.min()), color=colour, lw=0.8, alpha=0.8,
+                        label=metric if n == 0 else None)
+        ax.set_title(f"{label} ({len(group)} runs)")
+        ax.set_xlabel("iteration")
+    axes[0][0].set_ylabel("mIoU (metrics rescaled per run)")
+    axes[0][0].legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "label_free_study.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("paths", type=Path, nargs="+", help="sweep folders or run dirs")
+    ap.add_argument("--partial", action="store_true", help="also use runs that have not finished")
+    ap.add_argument("--metrics", nargs="+", default=["im", "agreement", "entropy"], help="per-label columns, plot")
+    ap.add_argument("--out", type=Path, help="folder for label_free_study.png")
     args = ap.parse_args()
-    runs = read_runs(args.paths)
+    runs = read_runs(args.paths, args.partial)
     if not runs:
         raise SystemExit("no run logged both mIoU and label-free metrics")
     print(markdown(study(runs), runs))
+    print()
+    print(by_label(runs, args.metrics))
+    if args.out:
+        print(f"figure: {plot(runs, args.metrics, args.out)}")
 
 
 if __name__ == "__main__":
