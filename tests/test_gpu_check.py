@@ -1,7 +1,6 @@
 """benchmarks/gpu_check.py, the first-GPU check, run the way a CPU can: `--tiny --device cpu` (small networks of
 the same families, tiny crops, one step), so that the command a GPU user runs cannot rot."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,15 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import load_script
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/gpu_check.py")
 
 
 def _check_preset_fields(r: dict, mic: bool, hrda: bool) -> None:

@@ -1,20 +1,16 @@
 """The label-free validation study's analysis (docs/label_free_study.py) on logs whose answers are worked out by hand."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "docs" / "label_free_study.py"
+from conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def lfs():
-    spec = importlib.util.spec_from_file_location("label_free_study", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("docs/label_free_study.py")
 
 
 def write_run(folder: Path, mious: list[float], im: list[float], finished: bool = True) -> None:
