@@ -40,7 +40,8 @@ def _fake_cost(cfg, amp):
     return step_cost(step, fake_batch(cfg, mode), amp, mode=mode)
 
 
-@pytest.mark.parametrize("extra", [[], ["train.grad_checkpointing=true", "uda.fd.enabled=true"]])
+@pytest.mark.parametrize("extra", [[], pytest.param(["train.grad_checkpointing=true", "uda.fd.enabled=true"],
+                                                      marks=pytest.mark.slow)])
 def test_fake_tensor_step_saves_exactly_the_bytes_and_flops_of_a_real_step(extra):
     cfg = load_config("synthetic_dacs_mfm", SMALL + extra)
     fake, real = _fake_cost(cfg, None), _real_cost(cfg, None)
@@ -49,6 +50,7 @@ def test_fake_tensor_step_saves_exactly_the_bytes_and_flops_of_a_real_step(extra
     assert fake.flops == real.flops > 0
 
 
+@pytest.mark.slow
 def test_fake_tensor_step_under_bf16_autocast_is_within_half_a_percent_of_a_real_one():
     """Measured: 19 kB of 29 MB apart (CPU autocast caches a few weight casts differently for fake tensors)."""
     cfg = load_config("synthetic_dacs_mfm", SMALL[:2] + ["data.source.crop=[32,32]", "data.target.crop=[32,32]"])
@@ -62,6 +64,7 @@ def plan() -> MemoryPlan:
     return memory_plan(load_config("synthetic_dacs_mfm", LARGE), "r18")
 
 
+@pytest.mark.slow
 def test_checkpointing_lowers_activations_and_bf16_about_halves_them(plan):
     fp32, ckpt, bf16 = (plan.steps[v].peak for v in (("fp32", False), ("fp32", True), ("bf16", False)))
     assert ckpt < 0.7 * fp32
@@ -70,6 +73,7 @@ def test_checkpointing_lowers_activations_and_bf16_about_halves_them(plan):
     assert plan.steps[("fp32", True)].flops > plan.steps[("fp32", False)].flops  # recomputed forwards
 
 
+@pytest.mark.slow
 def test_static_memory_is_weights_of_every_copy_gradients_and_two_adam_moments(plan):
     student = plan.weight_bytes["student"]
     assert plan.weight_bytes["teacher"] == student and set(plan.weight_bytes) == {"student", "teacher", "mfm"}

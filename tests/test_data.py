@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mfmseg.cli import main
 from mfmseg.config import DataConfig, DatasetConfig, RCSConfig
 from mfmseg.data.datasets import build_dataset
 from mfmseg.data.labels import CITYSCAPES_ID_TO_TRAIN_ID
@@ -158,13 +158,13 @@ def test_stream_is_deterministic_with_and_without_workers_and_resumable(tiny_ben
     assert a[0]["src_img"].shape == (2, 3, 32, 32) and a[0]["src_label"].dtype == torch.int64
 
 
-def test_cli_synth_and_prepare(tmp_path):
-    run = [sys.executable, "-m", "mfmseg"]
-    subprocess.run(run + ["synth", "--out", str(tmp_path), "--num-source", "2", "--num-target", "2",
-                          "--num-val", "1", "--size", "64x64"], check=True, capture_output=True)
+def test_cli_synth_and_prepare(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path), "--num-source", "2", "--num-target", "2", "--num-val", "1",
+                 "--size", "64x64"]) == 0
     for kind in ("gta", "cityscapes"):
-        subprocess.run(run + ["prepare", kind, str(tmp_path / kind), "--nproc", "1"], check=True,
-                       capture_output=True)
+        assert main(["prepare", kind, str(tmp_path / kind), "--nproc", "1"]) == 0
         assert (tmp_path / kind / "samples_with_class.json").exists()
-    bad = subprocess.run(run + ["prepare", "gta", str(tmp_path / "missing")], capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.startswith("error:") and "Traceback" not in bad.stderr
+    capsys.readouterr()
+    assert main(["prepare", "gta", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "Traceback" not in err

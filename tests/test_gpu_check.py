@@ -33,6 +33,7 @@ def _check_preset_fields(r: dict, mic: bool, hrda: bool) -> None:
     assert r["eval"]["cityscapes_val_minutes"] == pytest.approx(r["eval"]["sec_per_image"] * 500 / 60)
 
 
+@pytest.mark.slow
 def test_tiny_cpu_check_writes_every_number(gpu_check, tmp_path, capsys):
     """Two presets that between them take every path (MiT, ViT + pyramid, HRDA, MIC, MFM, FD) in one process."""
     presets = ["gta2cs_daformer_mitb5_mfm", "gta2cs_mic_hrda_dinov2l_mfm"]

@@ -67,6 +67,7 @@ def test_cpu_demo_width_override():
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 19, 16, 16)
 
 
+@pytest.mark.slow
 def test_output_strides_at_paper_and_non_square_sizes():
     for name, stride in [("deeplabv2_r18", 8), ("daformer_mitb0", 4)]:
         model = build_model(ModelConfig(name=name)).eval()
@@ -165,6 +166,7 @@ def test_errors_are_one_line():
         build_model(ModelConfig(name="deeplabv2_r18", decoder_channels=64))
 
 
+@pytest.mark.slow
 def test_models_cli_json():
     out = subprocess.run([sys.executable, "-m", "mfmseg", "models", "--json"], capture_output=True, text=True,
                          check=True)

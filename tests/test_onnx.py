@@ -30,6 +30,9 @@ from mfmseg.models.segmentor import Segmentor
 from mfmseg.models.vit import ViTEncoder
 from mfmseg.models.zoo import build_model
 
+# Every test here exports through the dynamo exporter (tens of seconds each on a CPU): end-to-end, run in CI.
+pytestmark = pytest.mark.slow
+
 NET = ["model.name=deeplabv2_r18", "model.decoder_channels=null", "model.pretrained=null"]
 
 
@@ -220,7 +223,6 @@ def _gate(model: torch.nn.Module, out: Path, fixed_size=None):
     return export_network(model, meta, out, fixed_size=fixed_size)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_every_encoder_family_exports_and_passes_the_gate(family, tmp_path):
     torch.manual_seed(0)
@@ -229,7 +231,6 @@ def test_every_encoder_family_exports_and_passes_the_gate(family, tmp_path):
     print(family, "; ".join(p.describe() for p in parity))
 
 
-@pytest.mark.slow
 def test_hrda_exports_for_a_fixed_size(tmp_path):
     """HRDA's detail windows are placed by Python arithmetic on the input size: one graph per size."""
     torch.manual_seed(0)
