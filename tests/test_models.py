@@ -243,3 +243,15 @@ def test_no_hidden_imports_in_models_and_weights_is_a_leaf():
     weights = ast.parse((root / "weights.py").read_text())
     assert not [n.module for n in ast.walk(weights) if isinstance(n, ast.ImportFrom)
                 and (n.module or "").startswith("mfmseg.models")]
+
+
+@pytest.mark.slow
+def test_cnn_runs_never_import_transformers():
+    """transformers takes seconds to import (half of `mfmseg train`'s start-up): only MiT and ViT encoders load it."""
+    code = ("import sys, mfmseg.cli, mfmseg.engine.trainer\n"
+            "from mfmseg.config import ModelConfig\nfrom mfmseg.models.zoo import build_model\n"
+            "build_model(ModelConfig(name='deeplabv2_efflite0', num_classes=5))\n"
+            "assert 'transformers' not in sys.modules\n"
+            "build_model(ModelConfig(name='daformer_mitb0', num_classes=5))\n"
+            "assert 'transformers' in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
-from transformers import SegformerConfig, SegformerModel
 
 from mfmseg.errors import UserError
 from mfmseg.models.encoder import PACKAGED, FeatureInfo, load_imagenet_file
 from mfmseg.models.weights import hf_from_pretrained
+
+if TYPE_CHECKING:
+    from transformers import SegformerConfig
 
 MIT_SIZES = {  # depths, hidden sizes
     "b0": ([2, 2, 2, 2], [32, 64, 160, 256]),
@@ -67,6 +70,8 @@ def mit_mmseg_to_hf(sd: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def mit_config(size: str, drop_path: float = 0.1) -> SegformerConfig:
+    from transformers import SegformerConfig  # here, not at the top: transformers takes seconds to import
+
     depths, dims = MIT_SIZES[size]
     return SegformerConfig(num_channels=3, num_encoder_blocks=4, depths=depths, hidden_sizes=dims,
                            num_attention_heads=[1, 2, 5, 8], sr_ratios=[8, 4, 2, 1], patch_sizes=[7, 3, 3, 3],
@@ -85,11 +90,15 @@ class MiT(nn.Module):
             raise ValueError(f"MiT size {size!r} not in {sorted(MIT_SIZES)}")
         self.size = size
         self.name = f"mit_{size}"
+        from transformers import SegformerModel
+
         self.model = SegformerModel(mit_config(size, drop_path))
         self.feature_info = [FeatureInfo(c, s) for c, s in zip(MIT_SIZES[size][1], STRIDES)]
 
     def load_hf(self, name_or_path: str) -> None:
         """Weights of a HF SegFormer/MiT checkpoint (Hub id or local folder) into this encoder."""
+        from transformers import SegformerModel
+
         pretrained = SegformerModel.from_pretrained(name_or_path)
         self.model.load_state_dict(pretrained.state_dict())
 

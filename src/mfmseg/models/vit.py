@@ -36,19 +36,22 @@ position embedding, class/register/mask tokens, layer-scale and bias parameters 
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import (DINOv3ViTConfig, DINOv3ViTModel, Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig,
-                          Dinov2WithRegistersModel, PretrainedConfig, PreTrainedModel)
 
 from mfmseg.errors import UserError
 from mfmseg.models.encoder import PACKAGED, FeatureInfo
 from mfmseg.models.weights import hf_from_pretrained, load_strict, read_state_dict
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
 
 TOKEN_STRIDE = 16  # the stride of the token map in the crop, whatever the patch size
 VIT_SIZES = {  # hidden size, depth, heads (the references'; "tiny" is ours, for tests and CPUs)
@@ -63,8 +66,8 @@ VIT_SIZES = {  # hidden size, depth, heads (the references'; "tiny" is ours, for
 class Family:
     """How one transformers ViT family is built and named."""
     label: str  # what `mfmseg models` shows
-    model: type[PreTrainedModel]
-    config: type[PretrainedConfig]
+    model: str  # transformers class names, imported when a ViT is built (transformers takes seconds to import)
+    config: str
     patch: int
     registers: int
     blocks: str  # parameter-name prefix of block i: "<blocks><i>."
@@ -74,17 +77,22 @@ class Family:
 
 
 FAMILIES = {
-    "dinov2": Family("dinov2", Dinov2Model, Dinov2Config, 14, 0, "encoder.layer.", "layernorm",
+    "dinov2": Family("dinov2", "Dinov2Model", "Dinov2Config", 14, 0, "encoder.layer.", "layernorm",
                      ("cls_token", "mask_token", "position_embeddings"), (("image_size", 518),)),
-    "dinov2reg": Family("dinov2reg", Dinov2WithRegistersModel, Dinov2WithRegistersConfig, 14, 4, "encoder.layer.",
+    "dinov2reg": Family("dinov2reg", "Dinov2WithRegistersModel", "Dinov2WithRegistersConfig", 14, 4, "encoder.layer.",
                         "layernorm", ("cls_token", "mask_token", "register_tokens", "position_embeddings"),
                         (("image_size", 518), ("num_register_tokens", 4))),
     # pos_embed_*: DINOv3's RoPE augmentation of pre-training (random coordinate rescaling in train mode) is off
-    "dinov3": Family("dinov3", DINOv3ViTModel, DINOv3ViTConfig, 16, 4, "model.layer.", "norm",
+    "dinov3": Family("dinov3", "DINOv3ViTModel", "DINOv3ViTConfig", 16, 4, "model.layer.", "norm",
                      ("cls_token", "mask_token", "register_tokens"),
                      (("num_register_tokens", 4), ("layerscale_value", 1e-5), ("pos_embed_rescale", None),
                       ("pos_embed_jitter", None), ("pos_embed_shift", None))),
 }
+
+
+def transformers_class(name: str) -> type:
+    """A transformers class by name, imported on first use so that CNN runs never pay for transformers."""
+    return getattr(importlib.import_module("transformers"), name)
 
 
 def vit_config(family: str, size: str, drop_path: float = 0.1, patch_size: int | None = None) -> PretrainedConfig:
@@ -95,7 +103,7 @@ def vit_config(family: str, size: str, drop_path: float = 0.1, patch_size: int |
                   patch_size=patch_size or fam.patch, drop_path_rate=drop_path)
     if family == "dinov3":
         kwargs["intermediate_size"] = 4 * dim
-    return fam.config(**kwargs)
+    return transformers_class(fam.config)(**kwargs)
 
 
 class ChannelNorm(nn.LayerNorm):
@@ -141,7 +149,7 @@ class ViTEncoder(nn.Module):
             raise ValueError(f"ViT {family!r}/{size!r}: families {sorted(FAMILIES)}, sizes {sorted(VIT_SIZES)}")
         self.family = FAMILIES[family]
         self.drop_path = drop_path
-        self.vit = self.family.model(vit_config(family, size, drop_path, patch_size))
+        self.vit = transformers_class(self.family.model)(vit_config(family, size, drop_path, patch_size))
         dim, depth, _ = VIT_SIZES[size]
         self.patch_size = int(self.vit.config.patch_size)
         self.taps = tuple(taps or default_taps(depth))
@@ -216,7 +224,7 @@ class ViTEncoder(nn.Module):
         overrides = dict(drop_path_rate=self.drop_path)
         if self.family.label == "dinov3":
             overrides.update(pos_embed_rescale=None, pos_embed_jitter=None, pos_embed_shift=None)
-        return hf_from_pretrained(lambda: self.family.model.from_pretrained(source, **overrides), source,
+        return hf_from_pretrained(lambda: transformers_class(self.family.model).from_pretrained(source, **overrides), source,
                                   f"{self.family.label} ViT weights")
 
 
