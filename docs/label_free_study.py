@@ -5,8 +5,8 @@
 Reads every run's `metrics.jsonl` (evaluations that logged both the true mIoU and the label-free metrics) and prints,
 per metric: the Spearman rank correlation with true mIoU over all evaluations pooled and within each run (mean over
 runs), and the mIoU regret of selecting by the metric within each run: against the best evaluation by true mIoU
-(oracle − selected, ≥ 0) and against simply taking the last evaluation (last − selected: > 0 means the metric picks
-worse than "last"). Then, per run label (the sweep's `runs/LABEL/seedN`), the mean final and peak mIoU and the
+(oracle − selected, ≥ 0) and against simply taking the last evaluation (last − selected: > 0 means the metric
+picks worse than "last"). Then, per run label (the sweep's `runs/LABEL/seedN`), the mean final and peak mIoU and the
 regret of "last" and of the best metrics, because selection only earns its keep on runs that get worse.
 Only finished runs (a `summary.json` beside the log) are used unless --partial; `--out DIR` also writes
 label_free_study.png (true mIoU and the watched metrics over training, one panel per label).

@@ -1,4 +1,4 @@
-"""The label-free validation study's analysis (docs/label_free_study.py) on logs whose answers are worked out by hand."""
+"""The label-free validation study's analysis (docs/label_free_study.py) on logs with answers worked out by hand."""
 
 import json
 from pathlib import Path

@@ -224,7 +224,8 @@ class ViTEncoder(nn.Module):
         overrides = dict(drop_path_rate=self.drop_path)
         if self.family.label == "dinov3":
             overrides.update(pos_embed_rescale=None, pos_embed_jitter=None, pos_embed_shift=None)
-        return hf_from_pretrained(lambda: transformers_class(self.family.model).from_pretrained(source, **overrides), source,
+        model = transformers_class(self.family.model)
+        return hf_from_pretrained(lambda: model.from_pretrained(source, **overrides), source,
                                   f"{self.family.label} ViT weights")
 
 
