@@ -145,9 +145,13 @@ def plot(runs: dict[str, list[dict]], metrics: list[str], out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     labels = sorted({label_of(run) for run in runs})
-    fig, axes = plt.subplots(1, len(labels), figsize=(4 * len(labels), 3.4), squeeze=False)
+    cols = min(3, len(labels))
+    rows = -(-len(labels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.4 * rows), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ax, label in zip(axes[0], labels):
+    for ax in axes.flat[len(labels):]:
+        ax.axis("off")
+    for ax, label in zip(axes.flat, labels):
         group = [rows for run, rows in runs.items() if label_of(run) == label]
         for n, rows in enumerate(group):
             its = [r["iter"] for r in rows]
@@ -164,7 +168,8 @@ def plot(runs: dict[str, list[dict]], metrics: list[str], out: Path) -> Path:
                         label=metric if n == 0 else None)
         ax.set_title(f"{label} ({len(group)} runs)")
         ax.set_xlabel("iteration")
-    axes[0][0].set_ylabel("mIoU (metrics rescaled per run)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("mIoU (metrics rescaled per run)")
     axes[0][0].legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
