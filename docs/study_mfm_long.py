@@ -190,7 +190,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sweeps", type=Path, nargs="+")
     ap.add_argument("--compare", nargs="+", default=COMPARISONS, metavar="LABEL:BASELINE")
-    ap.add_argument("--out", type=Path, default=Path("."))
+    ap.add_argument("--out", type=Path, help="folder for the figure (none without it: the tables only)")
     ap.add_argument("--name", default="study_long.png")
     args = ap.parse_args()
     runs = read_sweeps(args.sweeps)
@@ -202,9 +202,10 @@ def main() -> None:
     print(table + "\n")
     print(class_delta_table(runs, pairs) + "\n")
     print(q_table(runs) + "\n")
-    args.out.mkdir(parents=True, exist_ok=True)
-    plot(runs, curves, args.out / args.name)
-    print(f"wrote {args.out / args.name}")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        plot(runs, curves, args.out / args.name)
+        print(f"wrote {args.out / args.name}")
 
 
 if __name__ == "__main__":
