@@ -15,13 +15,13 @@ label_free_study.png (true mIoU and the watched metrics over training, one panel
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
 import numpy as np
 
 from mfmseg.engine.label_free import METRICS
+from mfmseg.engine.report import read_jsonl
 
 
 def ranks(values: list[float]) -> np.ndarray:
@@ -52,17 +52,16 @@ def read_runs(paths: list[Path], partial: bool = False) -> dict[str, list[dict]]
     for log in logs:
         if not partial and not (log.parent / "summary.json").is_file():
             continue
-        rows = []
-        for line in log.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if row.get("kind") == "val" and row.get("mIoU") is not None and row.get("label_free"):
-                rows.append(row)
+        rows = [row for row in read_jsonl(log)
+                if row.get("kind") == "val" and row.get("mIoU") is not None and row.get("label_free")]
         if rows:
             runs[str(log.parent)] = sorted(rows, key=lambda r: r["iter"])
     return runs
+
+
+def select_by(rows: list[dict], metric: str) -> dict:
+    """The evaluation a metric selects: its best value, in the metric's own direction."""
+    return (max if METRICS[metric] else min)(rows, key=lambda r: r["label_free"][metric])
 
 
 def study(runs: dict[str, list[dict]]) -> list[dict]:
@@ -80,7 +79,7 @@ def study(runs: dict[str, list[dict]]) -> list[dict]:
             rho = spearman([r["label_free"][metric] for r in rows], [r["mIoU"] for r in rows])
             if rho is not None:
                 within.append(rho if higher else -rho)
-            pick = (max if higher else min)(rows, key=lambda r: r["label_free"][metric])
+            pick = select_by(rows, metric)
             regret_oracle.append(max(r["mIoU"] for r in rows) - pick["mIoU"])
             regret_last.append(rows[-1]["mIoU"] - pick["mIoU"])
         rho_all = spearman(*map(list, zip(*pooled)))
@@ -129,8 +128,7 @@ def by_label(runs: dict[str, list[dict]], metrics: list[str]) -> str:
             for p, rows in zip(peak, group):
                 rows = [r for r in rows if metric in r["label_free"]]
                 if rows:
-                    pick = (max if METRICS[metric] else min)(rows, key=lambda r: r["label_free"][metric])
-                    regrets.append(p - pick["mIoU"])
+                    regrets.append(p - select_by(rows, metric)["mIoU"])
             cells.append(f"{statistics.fmean(regrets):.2f}" if regrets else "—")
         lines.append(f"| {label} | {len(group)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

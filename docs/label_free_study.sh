@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The label-free validation study of docs/label_free.md (issue 19), resumable: re-run the same command to continue.
 #   bash docs/label_free_study.sh [OUT]     (two runs at a time, one thread each; hours on a 2-core CPU)
-# Degrading runs (added in session 24 because lr 2e-3 did not degrade): lr 1e-2 on seed 0 did not either (poly decay
+# Degrading runs (added in a second session because lr 2e-3 did not degrade): lr 1e-2 on seed 0 did not either (poly decay
 # to 0 settles every run by its end), so the degrading row is a constant lr of 2e-2 (optim.power=0), seeds 0-2,
 # fixed before it ran.
 # Dense evaluations (every 50 iterations) whose label-free metrics never see the target labels; the true mIoU is

@@ -9,7 +9,6 @@ seed-paired comparison that docs/study_mfm.md reports.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -47,10 +46,7 @@ def late_pseudo_weight(work_dirs: list[Path]) -> float | None:
     multiplied by q, so it says how much MFM acted where its effect would show."""
     values = []
     for work_dir in work_dirs:
-        log = work_dir / "metrics.jsonl"
-        if not log.is_file():
-            continue
-        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        rows = report.read_jsonl(work_dir / "metrics.jsonl")
         q = [r["pseudo_q"] for r in rows if r.get("kind") == "train" and "pseudo_q" in r]
         values += q[len(q) - len(q) // 3:] if len(q) >= 3 else []
     return sum(values) / len(values) if values else None
