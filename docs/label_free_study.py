@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from mfmseg.engine.label_free import METRICS
-from mfmseg.engine.report import read_jsonl
+from mfmseg.files import read_jsonl
 
 
 def ranks(values: list[float]) -> np.ndarray:

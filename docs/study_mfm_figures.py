@@ -21,6 +21,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from mfmseg.files import read_jsonl  # noqa: E402
+
 
 def curves(run_dir: Path, key: str) -> dict[int, float]:
     """{iteration: value} of one metric in a run's training log."""
@@ -28,8 +30,7 @@ def curves(run_dir: Path, key: str) -> dict[int, float]:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return out
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
+    for row in read_jsonl(path):
         if row.get("kind") == "train" and key in row:
             out[int(row["iter"])] = float(row[key])
     return out

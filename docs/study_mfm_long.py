@@ -20,7 +20,6 @@ Writes `study_long.png`: q per label (one panel each, one line per seed: no seri
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
@@ -28,6 +27,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from mfmseg.files import read_jsonl  # noqa: E402
 
 # The study's questions: what MFM buys over DACS; what the extra pass alone does (lambda 0, target_bn_pass); what
 # MFM's gradient buys beyond its extra pass; the same with the encoder's statistics frozen; the mask strategies.
@@ -40,11 +41,7 @@ def read_run(run_dir: Path) -> dict:
     """{"val": {iter: mIoU}, "classes": {iter: {class: IoU}}, "q": {iter: q}, "mfm": {iter: loss}, "done": bool,
     "max_iters": int | None}. A half-written last line (a run killed mid-write) is skipped."""
     val, classes, q, mfm = {}, {}, {}, {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for row in read_jsonl(run_dir / "metrics.jsonl"):
         it = int(row.get("iter", -1))
         if row.get("kind") == "val" and row.get("mIoU") is not None:
             val[it] = float(row["mIoU"])
@@ -120,20 +117,23 @@ def delta_table(runs: dict[str, dict[int, dict]], pairs: list[tuple[str, str]], 
 
 
 def class_delta_table(runs: dict[str, dict[int, dict]], pairs: list[tuple[str, str]]) -> str:
-    """Per-class Δ IoU at the last evaluation both runs of a seed reached, averaged over seeds."""
+    """Per-class Δ IoU at the latest evaluation any seed's pair of runs reached, averaged over the seeds whose
+    pair reached it: a partial seed is left out rather than mixed in at an earlier point of training."""
     rows, names = {}, []
     for label, baseline in pairs:
+        common = {seed: set(run["classes"]) & set(runs[baseline][seed]["classes"])
+                  for seed, run in sorted(runs.get(label, {}).items()) if seed in runs.get(baseline, {})}
+        reached = [it for its in common.values() for it in its]
+        if not reached:
+            continue
+        at = max(reached)
         per_seed = []
-        for seed, run in sorted(runs.get(label, {}).items()):
-            base = runs[baseline].get(seed)
-            common = sorted(set(run["classes"]) & set(base["classes"])) if base else []
-            if common:
-                a, b = run["classes"][common[-1]], base["classes"][common[-1]]
-                per_seed.append({c: a[c] - b[c] for c in a if a[c] is not None and b.get(c) is not None})
-                names = names or list(a)
-        if per_seed:
-            rows[f"{label} − {baseline} (n={len(per_seed)})"] = {
-                c: statistics.fmean(d[c] for d in per_seed) for c in names if all(c in d for d in per_seed)}
+        for seed in (s for s, its in common.items() if at in its):
+            a, b = runs[label][seed]["classes"][at], runs[baseline][seed]["classes"][at]
+            per_seed.append({c: a[c] - b[c] for c in a if a[c] is not None and b.get(c) is not None})
+            names = names or list(a)
+        rows[f"{label} − {baseline} (n={len(per_seed)}, it {at})"] = {
+            c: statistics.fmean(d[c] for d in per_seed) for c in names if all(c in d for d in per_seed)}
     if not rows:
         return ""
     lines = ["| comparison | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]

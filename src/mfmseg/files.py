@@ -5,13 +5,14 @@ and renamed over it only when complete, so that a killed run never leaves a half
 failure the temporary file is removed (on a full disk it would otherwise keep the disk full) and the error names
 the path. `check_output_file` / `check_output_dir` let a command refuse an output it cannot write before its
 long work (an evaluation, a training run) rather than after it. `exclusive_lock` keeps two processes from writing
-one folder at once.
+one folder at once. `read_jsonl` reads the logs back, passing over a last line cut short by a kill.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -153,3 +154,16 @@ def exclusive_lock(path: str | os.PathLike, what: str, advice: str) -> Iterator[
         if _same_file(fd, path):
             path.unlink()
         os.close(fd)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a log; a line that is not JSON (cut short by a kill mid-write) is skipped, never fatal."""
+    if not Path(path).is_file():
+        return []
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return [r for r in rows if isinstance(r, dict)]

@@ -17,7 +17,7 @@ from mfmseg.data.prepare import prepare_dataset
 from mfmseg.data.synthetic import write_benchmark
 from mfmseg.engine import report
 from mfmseg.engine.sweep import run_sweep, summary_table
-from mfmseg.files import atomic_write_text
+from mfmseg.files import atomic_write_text, read_jsonl
 
 DEMO_RUNS = [  # (label, preset): the sweep's run specs
     ("source-only", "synthetic_effl0_source_only"),
@@ -46,7 +46,7 @@ def late_pseudo_weight(work_dirs: list[Path]) -> float | None:
     multiplied by q, so it says how much MFM acted where its effect would show."""
     values = []
     for work_dir in work_dirs:
-        rows = report.read_jsonl(work_dir / "metrics.jsonl")
+        rows = read_jsonl(work_dir / "metrics.jsonl")
         q = [r["pseudo_q"] for r in rows if r.get("kind") == "train" and "pseudo_q" in r]
         values += q[len(q) - len(q) // 3:] if len(q) >= 3 else []
     return sum(values) / len(values) if values else None

@@ -5,7 +5,6 @@ Called by the trainer between steps (a callback), never inside the training step
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -19,7 +18,7 @@ import torch  # noqa: E402
 
 from mfmseg.data.labels import CITYSCAPES_PALETTE  # noqa: E402
 from mfmseg.data.transforms import denormalize_rgb  # noqa: E402
-from mfmseg.files import atomic_write  # noqa: E402
+from mfmseg.files import atomic_write, read_jsonl  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
@@ -112,19 +111,6 @@ def panel_figure(visuals: Mapping[str, torch.Tensor], classes: Sequence[str], ti
 def write_panel(visuals: Mapping[str, torch.Tensor], path: Path, classes: Sequence[str], title: str = "") -> Path:
     _save(panel_figure(visuals, classes, title), Path(path))
     return Path(path)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """The rows of a log; a line that is not JSON (cut short by a kill mid-write) is skipped, never fatal."""
-    if not Path(path).is_file():
-        return []
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
-    return [r for r in rows if isinstance(r, dict)]
 
 
 def plot_losses(metrics_path: Path, out: Path) -> Path | None:

@@ -9,13 +9,13 @@ table shows the true mIoU beside the metric, so the ranking can be checked, but 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from mfmseg.engine.label_free import METRICS
 from mfmseg.errors import UserError
+from mfmseg.files import read_jsonl
 
 CHECKPOINT_DIR = "checkpoints"
 SELECTABLE = (*METRICS, "mIoU")  # mIoU: with a labelled val split (the usual, label-using selection)
@@ -45,12 +45,8 @@ def read_candidates(run_dir: Path, metric: str) -> list[Candidate]:
     if not log.is_file():
         raise UserError(f"{run_dir} is not a training work dir (no metrics.jsonl)")
     found: dict[int, Candidate] = {}
-    for line in log.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a half-written last line of a killed run
-        if not isinstance(row, dict) or row.get("kind") != "val":
+    for row in read_jsonl(log):
+        if row.get("kind") != "val":
             continue
         value = metric_value(row, metric)
         if value is None:

@@ -40,7 +40,7 @@ from mfmseg.engine.optim import apply_lr, build_optimizer, param_groups
 from mfmseg.engine.resume import apply_group_settings, check_resume_config, fresh_group_settings
 from mfmseg.engine.select import check_select_by, is_better, kept_checkpoint, metric_value
 from mfmseg.errors import UserError
-from mfmseg.files import atomic_write_text, check_output_dir, exclusive_lock
+from mfmseg.files import atomic_write_text, check_output_dir, exclusive_lock, read_jsonl
 from mfmseg.models.zoo import build_model
 from mfmseg.uda.step import UDAStep
 
@@ -102,7 +102,7 @@ def trim_metrics(path: Path, last_iter: int) -> None:
     """A resumed run repeats the iterations after its checkpoint: their rows (and a line cut short by a kill) go,
     so that metrics.jsonl holds each iteration once and the next row starts on a line of its own."""
     if path.is_file():
-        rows = [r for r in report.read_jsonl(path) if r.get("iter", 0) <= last_iter]
+        rows = [r for r in read_jsonl(path) if r.get("iter", 0) <= last_iter]
         atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
