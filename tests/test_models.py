@@ -246,12 +246,20 @@ def test_no_hidden_imports_in_models_and_weights_is_a_leaf():
 
 
 @pytest.mark.slow
-def test_cnn_runs_never_import_transformers():
-    """transformers takes seconds to import (half of `mfmseg train`'s start-up): only MiT and ViT encoders load it."""
-    code = ("import sys, mfmseg.cli, mfmseg.engine.trainer\n"
+def test_start_up_imports_only_what_the_run_needs():
+    """Each of these takes seconds to import: transformers (half of `mfmseg train`'s start-up) only for MiT and ViT
+    encoders, torch._inductor (which torch.use_deterministic_algorithms imports) only for a deterministic run."""
+    code = ("import sys, torch, mfmseg.cli, mfmseg.engine.trainer\n"
             "from mfmseg.config import ModelConfig\nfrom mfmseg.models.zoo import build_model\n"
+            "from mfmseg.engine.numerics import set_numerics\n"
+            "set_numerics(torch.device('cpu'), False)\n"
             "build_model(ModelConfig(name='deeplabv2_efflite0', num_classes=5))\n"
-            "assert 'transformers' not in sys.modules\n"
+            "assert 'transformers' not in sys.modules and 'torch._inductor' not in sys.modules, 'imported early'\n"
             "build_model(ModelConfig(name='daformer_mitb0', num_classes=5))\n"
-            "assert 'transformers' in sys.modules\n")
+            "assert 'transformers' in sys.modules\n"
+            "set_numerics(torch.device('cpu'), True)\n"
+            "assert torch.are_deterministic_algorithms_enabled()\n"
+            "set_numerics(torch.device('cpu'), False)\n"
+            "assert not torch.are_deterministic_algorithms_enabled()\n"
+            "import torch._inductor.config as c; assert c.deterministic is False\n")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)

@@ -27,7 +27,10 @@ def set_numerics(device: torch.device, deterministic: bool) -> None:
     (on Ampere and later ~8x the fp32 matmul rate, at a 10-bit mantissa inside the product)."""
     if deterministic and os.environ.get("CUBLAS_WORKSPACE_CONFIG") not in (":4096:8", ":16:8"):
         os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE
-    torch.use_deterministic_algorithms(deterministic)  # the config decides, also for a second run in a process
+    # the config decides, also for a second run in a process. The call imports torch._inductor (~3 s at every
+    # start) to set its flag too; that flag's default is False, so off -> off is skipped.
+    if deterministic or torch.are_deterministic_algorithms_enabled():
+        torch.use_deterministic_algorithms(deterministic)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = not deterministic
         torch.backends.cudnn.allow_tf32 = not deterministic
