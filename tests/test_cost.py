@@ -100,6 +100,7 @@ def test_graph_names_follow_the_logged_losses():
     assert graph_names(["loss_src", "pseudo_q", "loss_mix"], 3) == ["pass 1", "pass 2", "pass 3"]
 
 
+@pytest.mark.slow  # four fake-tensor steps of a real network: seconds
 def test_cli_prints_the_plan_and_refuses_bad_input_in_one_line(capsys):
     assert main(["cost", "synthetic_dacs_mfm", *SMALL]) == 0
     out = capsys.readouterr().out

@@ -63,6 +63,7 @@ def test_same_seed_same_metrics_and_resume_equals_uninterrupted(tmp_path, tiny_o
             assert torch.equal(v, sc[part][k]), f"{part}.{k} differs after resume"
 
 
+@pytest.mark.slow  # trains end to end: seconds
 def test_work_dir_guard_and_nan_loss(tmp_path, tiny_overrides):
     wd = tmp_path / "run"
     _run("synthetic_dacs", tiny_overrides(wd, "train.max_iters=1", "train.panel_interval=0"))
@@ -100,6 +101,7 @@ def test_compiled_training_matches_eager(tmp_path, tiny_overrides, monkeypatch):
     assert list(ckpt_compiled["student"]) == list(ckpt_eager["student"])
 
 
+@pytest.mark.slow  # trains end to end: seconds
 def test_compile_covers_the_student_the_teacher_and_the_imagenet_copy(tmp_path, tiny_overrides):
     """`train.compile=true` compiles every part of the three networks a DAFormer step runs (nothing is run: a
     compiled call is set, the graphs are built on first use), and parameter names stay the plain model's."""

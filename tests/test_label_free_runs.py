@@ -25,6 +25,7 @@ def _rows(work_dir, kind="val"):
     return [r for r in map(json.loads, (work_dir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
 
 
+@pytest.mark.slow  # trains end to end: seconds
 def test_a_run_without_target_labels_logs_selects_and_ranks(unlabelled_target, tiny_overrides, tmp_path, capsys):
     work = tmp_path / "run"
     overrides = tiny_overrides(work, f"data.target.root={unlabelled_target}", f"data.val.root={unlabelled_target}",
