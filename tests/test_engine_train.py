@@ -134,7 +134,6 @@ def test_loader_batches_are_pinned_only_for_a_cuda_device():
 def test_panel_legend_names_the_classes_shown():
     """Training panels say which colour is which class: a legend of exactly the classes the label maps show."""
     import matplotlib.pyplot as plt
-    import numpy as np
 
     from mfmseg.data.labels import CITYSCAPES_PALETTE
     from mfmseg.engine.evaluate import class_names

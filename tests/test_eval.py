@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mfmseg.config import ModelConfig, load_config, to_dict
+from mfmseg.config import ModelConfig, load_config
 from mfmseg.data.labels import CITYSCAPES_CLASSES, CITYSCAPES_ID_TO_TRAIN_ID, TRAIN_ID_TO_CITYSCAPES_ID
 from mfmseg.engine.checkpoint import TRAIN_FORMAT
 from mfmseg.engine.export import export_model, load_inference_model

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from mfmseg.config import Config, HRDAConfig, ModelConfig, UDAConfig, load_config
-from mfmseg.engine.export import export_model, load_inference_model
+from mfmseg.engine.export import load_inference_model
 from mfmseg.engine.optim import param_groups
 from mfmseg.errors import UserError
 from mfmseg.models.hrda import HRDALogits, HRDASegmentor, MultiResFeatures, draw_box
