@@ -12,10 +12,13 @@
 #   bnpass    DACS + uda.target_bn_pass, seeds 0-2
 #   normeval  DACS vs DACS + MFM with model.norm_eval=true at 400 and at 2000 iterations, seeds 0-2
 #   mask      DACS + MFM with uda.mfm.mask_strategy=uncertain and =confident, seeds 0-2
+#   mechanism (added 2026-12-01, after the norm_eval answer, before any run of it) MFM's pass with the encoder's
+#             BatchNorms in eval mode (uda.mfm.encoder_bn_eval), then with batch statistics but frozen running
+#             statistics (uda.mfm.freeze_encoder_bn), seeds 0-2; pairs with main's DACS and DACS + MFM
 set -euo pipefail
 OUT=${1:-study_mfm_long}
 shift || true
-STAGES=${*:-main bnpass normeval mask}
+STAGES=${*:-main bnpass normeval mask mechanism}
 source "$(dirname "$0")/study_data.sh"  # $DATA and ROOTS
 D=synthetic_effl0_dacs
 P=synthetic_effl0_dacs_mfm
@@ -39,6 +42,10 @@ for stage in $STAGES; do
             sweep "dacs_mfm_2k=$P $LONG" "mfm_uncertain_2k=$P $LONG uda.mfm.mask_strategy=uncertain" \
                 "mfm_confident_2k=$P $LONG uda.mfm.mask_strategy=confident" \
                 --seeds 0 1 2 --baseline dacs_mfm_2k --out "$OUT/sweep_long" ;;
-        *) echo "unknown stage $stage (main bnpass normeval mask)" >&2; exit 2 ;;
+        mechanism)
+            sweep "dacs_2k=$D $LONG" "mfm_bneval_2k=$P $LONG uda.mfm.encoder_bn_eval=true" \
+                "mfm_bnfrozen_2k=$P $LONG uda.mfm.freeze_encoder_bn=true" \
+                --seeds 0 1 2 --baseline dacs_2k --out "$OUT/sweep_long" ;;
+        *) echo "unknown stage $stage (main bnpass normeval mask mechanism)" >&2; exit 2 ;;
     esac
 done

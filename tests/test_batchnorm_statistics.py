@@ -10,7 +10,7 @@ import torch
 
 from mfmseg.config import Config, FDConfig, MFMConfig, ModelConfig, UDAConfig, validate
 from mfmseg.errors import UserError
-from mfmseg.models.batchnorm import batchnorms
+from mfmseg.models.batchnorm import batchnorms, bn_eval_mode, set_bn_eval
 from mfmseg.models.zoo import build_model
 from mfmseg.uda.mfm import Rebuilder, mask_weights
 from mfmseg.uda.pseudo import normalised_entropy
@@ -73,6 +73,48 @@ def test_checkpointing_does_not_undo_the_frozen_encoder_statistics_of_the_mfm_pa
 
     assert _equal(run(_mfm(freeze_encoder_bn=True), True), run(None, True))
     assert _equal(run(_mfm(), True), run(_mfm(), False))
+
+
+# ---- uda.mfm.encoder_bn_eval: the study's mechanism test --------------------------------------------------------
+@pytest.mark.parametrize("name", list(BN_NETS))
+def test_bn_eval_mode_normalises_with_the_running_statistics_for_one_pass(name):
+    net, reference = _net(name).train(), _net(name).train()
+    set_bn_eval(reference)  # eval-mode BatchNorm, everything else (drop-connect) as in training
+    x = torch.randn(2, 3, 64, 64)
+    before = _stats(net)
+    with bn_eval_mode(net):
+        torch.manual_seed(1)
+        out = net.predict(x)
+    torch.manual_seed(1)
+    assert torch.equal(out, reference.predict(x))
+    assert _equal(_stats(net), before)
+    assert all(m.training for m in batchnorms(net))  # back in train mode: the next pass moves them again
+
+
+def _mfm_step(**mfm) -> tuple[dict, dict]:
+    """The encoder statistics and the logged losses after one DACS + MFM step on the BatchNorm encoder."""
+    step = UDAStep(_net("daformer_efflite0"), UDAConfig(fd=FDConfig(enabled=False), pseudo_threshold=0.05,
+                                                        pseudo_margins=[0, 0, 0, 0], mfm=_mfm(**mfm)),
+                   crop_hw=(64, 64), device="cpu")
+    losses, _ = step.train_step(make_batch(0), 0, generator=torch.Generator().manual_seed(0))
+    return _stats(step.student.encoder), losses
+
+
+def test_encoder_bn_eval_moves_no_statistics_and_changes_what_the_mfm_loss_sees():
+    """Both controls leave the encoder statistics where DACS's own passes put them; only `encoder_bn_eval` also
+    changes the MFM pass's normalisation (running instead of batch statistics), so its loss differs."""
+    frozen_stats, frozen_losses = _mfm_step(freeze_encoder_bn=True)
+    eval_stats, eval_losses = _mfm_step(encoder_bn_eval=True)
+    assert _equal(eval_stats, frozen_stats)
+    assert eval_losses["loss_src"] == frozen_losses["loss_src"]  # the same step up to the MFM pass
+    assert eval_losses["loss_mfm"] != frozen_losses["loss_mfm"]
+
+
+def test_encoder_bn_eval_refuses_activation_checkpointing():
+    cfg = Config()
+    cfg.uda.mfm.enabled = cfg.uda.mfm.encoder_bn_eval = cfg.train.grad_checkpointing = True
+    with pytest.raises(UserError, match="encoder_bn_eval cannot run with train.grad_checkpointing"):
+        validate(cfg)
 
 
 # ---- model.norm_eval --------------------------------------------------------------------------------------------

@@ -124,6 +124,9 @@ class MFMConfig:
     rebuild: bool = True  # false = "masking without a Rebuilder" (paper ablation): masked positions are zeroed
     freeze_decoder_bn: bool = False  # the MFM decode leaves the decoder's BatchNorm running statistics unchanged
     freeze_encoder_bn: bool = False  # the MFM pass's encoder forward leaves the BatchNorm running statistics unchanged
+    # the MFM pass's encoder runs its BatchNorms in eval mode: normalised with the running (source + target)
+    # statistics, so MFM's gradient never sees an all-target batch's statistics, and nothing moves them
+    encoder_bn_eval: bool = False
     # which tokens to mask: random (the paper: each token with probability mask_ratio), uncertain / confident
     # (exactly round(mask_ratio·tokens) tokens drawn with probability growing / shrinking with the teacher's
     # pseudo-label entropy pooled to the token grid; the paper's future work)
@@ -495,6 +498,9 @@ def validate(config: Config) -> None:
     if m.enabled and m.mask_strategy != "random" and (m.domain != "target" or config.model.hrda.enabled):
         raise UserError(f"uda.mfm.mask_strategy={m.mask_strategy} reads the teacher's entropy of the target crop: "
                         f"it needs uda.mfm.domain=target and a single-scale model (not model.hrda.enabled)")
+    if m.enabled and m.encoder_bn_eval and config.train.grad_checkpointing:
+        raise UserError("uda.mfm.encoder_bn_eval cannot run with train.grad_checkpointing: the recomputation in "
+                        "backward would run the encoder's BatchNorms in train mode, unlike the forward")
     if config.uda.target_bn_pass and config.uda.method == "source_only":
         raise UserError("uda.target_bn_pass runs in the self-training target stage, which uda.method=source_only "
                         "does not have: use uda.method=dacs")

@@ -7,6 +7,8 @@ MFM's extra pass bought on a BatchNorm encoder). Three places need control over 
 
 - `frozen_bn_statistics`: a pass that should normalise with its batch but leave the running statistics alone
   (MFM's decode of rebuilt features; the study's `freeze_encoder_bn` control);
+- `bn_eval_mode`: a pass that normalises with the running statistics and moves nothing (the study's
+  `encoder_bn_eval` control: MFM's gradient without an all-target batch's statistics);
 - `checkpoint_frozen_bn`: activation checkpointing recomputes a segment in backward; without care that second
   forward moves every running statistic a second time;
 - `Segmentor(norm_eval=True)` (`models.segmentor`): the encoder's BatchNorms stay in eval mode in every pass.
@@ -44,6 +46,21 @@ def frozen_bn_statistics(module: nn.Module) -> Iterator[None]:
                 m.num_batches_tracked.copy_(tracked)
 
 
+@contextlib.contextmanager
+def bn_eval_mode(module: nn.Module) -> Iterator[None]:
+    """The train-mode BatchNorms of `module` in eval mode for one pass (they normalise with, and keep, their
+    running statistics), back in train mode afterwards. Not for checkpointed segments: their recomputation in
+    backward runs after this context has ended, in train mode, and would not match the forward."""
+    norms = [m for m in batchnorms(module) if m.training]
+    for m in norms:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.train()
+
+
 def checkpoint_frozen_bn(segment: nn.Module, x: Tensor) -> Tensor:
     """`torch.utils.checkpoint` of `segment(x)` whose recomputation in backward does not touch BatchNorm running
     statistics: the forward moved them once, as it does without checkpointing; the recomputed activations are
@@ -59,4 +76,4 @@ def set_bn_eval(module: nn.Module) -> None:
         m.eval()
 
 
-__all__ = ["BatchNorm", "batchnorms", "checkpoint_frozen_bn", "frozen_bn_statistics", "set_bn_eval"]
+__all__ = ["BatchNorm", "batchnorms", "bn_eval_mode", "checkpoint_frozen_bn", "frozen_bn_statistics", "set_bn_eval"]

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mfmseg.config import MFMConfig
-from mfmseg.models.batchnorm import frozen_bn_statistics
+from mfmseg.models.batchnorm import bn_eval_mode, frozen_bn_statistics
 from mfmseg.models.segmentor import SegmentationModel, resize_logits
 from mfmseg.uda.term import AuxiliaryLoss, MixedPass, Run, SourcePass, TargetPass, TermOutput, Visuals
 
@@ -268,7 +268,9 @@ class MaskedFeatureModelingLoss(AuxiliaryLoss):
             return None
         # freeze_encoder_bn: the extra clean-target pass must not move the encoder's BatchNorm statistics toward
         # the target domain (docs/study_mfm.md: that side effect, not the MFM gradient, is what helped on CPU)
-        stats = frozen_bn_statistics(student) if self.cfg.freeze_encoder_bn else contextlib.nullcontext()
+        # encoder_bn_eval: nor may its gradient see the all-target batch's statistics (the study's mechanism test)
+        stats = (bn_eval_mode(student) if self.cfg.encoder_bn_eval else
+                 frozen_bn_statistics(student) if self.cfg.freeze_encoder_bn else contextlib.nullcontext())
         with run.autocast(), stats:
             feats = student.encode(tgt.img)
         weights = mask_weights(tgt.entropy, self.rebuilder.grid, self.cfg.mask_strategy)
