@@ -199,7 +199,8 @@ def main() -> None:
     points = sorted({p for label in runs.values() for run in label.values() for p in run["val"]})
     print(runs_table(runs, points) + "\n")
     pairs = [tuple(c.split(":", 1)) for c in args.compare]
-    pairs = [(label, base) for label, base in pairs if label in runs and base in runs]
+    shares_a_seed = lambda label, base: bool(runs.get(label, {}).keys() & runs.get(base, {}).keys())
+    pairs = [(label, base) for label, base in pairs if shares_a_seed(label, base)]
     table, curves = delta_table(runs, pairs, points)
     print(table + "\n")
     print(class_delta_table(runs, pairs) + "\n")
