@@ -34,9 +34,13 @@ def _equal(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def _step(net, *, steps: int = 1, **uda) -> UDAStep:
+def _uda_step(net, **uda) -> UDAStep:
     cfg = UDAConfig(fd=FDConfig(enabled=False), pseudo_threshold=0.05, pseudo_margins=[0, 0, 0, 0], **uda)
-    step = UDAStep(net, cfg, crop_hw=(64, 64), device="cpu")
+    return UDAStep(net, cfg, crop_hw=(64, 64), device="cpu")
+
+
+def _step(net, *, steps: int = 1, **uda) -> UDAStep:
+    step = _uda_step(net, **uda)
     gen = torch.Generator().manual_seed(0)
     for i in range(steps):
         step.train_step(make_batch(i), i, generator=gen)
@@ -93,9 +97,7 @@ def test_bn_eval_mode_normalises_with_the_running_statistics_for_one_pass(name):
 
 def _mfm_step(**mfm) -> tuple[dict, dict]:
     """The encoder statistics and the logged losses after one DACS + MFM step on the BatchNorm encoder."""
-    step = UDAStep(_net("daformer_efflite0"), UDAConfig(fd=FDConfig(enabled=False), pseudo_threshold=0.05,
-                                                        pseudo_margins=[0, 0, 0, 0], mfm=_mfm(**mfm)),
-                   crop_hw=(64, 64), device="cpu")
+    step = _uda_step(_net("daformer_efflite0"), mfm=_mfm(**mfm))
     losses, _ = step.train_step(make_batch(0), 0, generator=torch.Generator().manual_seed(0))
     return _stats(step.student.encoder), losses
 

@@ -125,7 +125,8 @@ class MFMConfig:
     freeze_decoder_bn: bool = False  # the MFM decode leaves the decoder's BatchNorm running statistics unchanged
     freeze_encoder_bn: bool = False  # the MFM pass's encoder forward leaves the BatchNorm running statistics unchanged
     # the MFM pass's encoder runs its BatchNorms in eval mode: normalised with the running (source + target)
-    # statistics, so MFM's gradient never sees an all-target batch's statistics, and nothing moves them
+    # statistics, so MFM's gradient never sees an all-target batch's statistics, and nothing moves them (so it
+    # implies freeze_encoder_bn)
     encoder_bn_eval: bool = False
     # which tokens to mask: random (the paper: each token with probability mask_ratio), uncertain / confident
     # (exactly round(mask_ratio·tokens) tokens drawn with probability growing / shrinking with the teacher's
