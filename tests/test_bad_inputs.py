@@ -637,8 +637,10 @@ def test_interrupted_prepare_leaves_no_workers(sig, tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume(tmp_path, tiny_benchmark):
-    """A run killed with -9 right after a checkpoint resumes to the end; no temporary file is left."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_run_resumes(sig, tmp_path, tiny_benchmark):
+    """A run killed right after a checkpoint resumes to the end; no temporary file is left. SIGTERM (a
+    scheduler's time limit) ends it in one line with the shell's 128 + 15, no traceback."""
     argv = [sys.executable, "-m", "mfmseg", "train", "synthetic_dacs",
             *tiny(tiny_benchmark, tmp_path / "run", "train.max_iters=40", "train.checkpoint_interval=1",
                   "train.eval_interval=0")]
@@ -648,8 +650,12 @@ def test_kill_9_then_resume(tmp_path, tiny_benchmark):
         while (not (tmp_path / "run" / "previous.pth").exists() and proc.poll() is None
                and time.time() < deadline):
             time.sleep(0.2)
-        proc.kill()
+        proc.send_signal(sig)
         proc.wait()
+    text = (tmp_path / "log.txt").read_text()
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 143 and text.strip().splitlines()[-1] == "terminated", text[-2000:]
+        assert "Traceback" not in text
     assert (tmp_path / "run" / "latest.pth").exists(), (tmp_path / "log.txt").read_text()[-2000:]
     out = subprocess.run(argv + ["train.resume=true"], env=ENV, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]

@@ -6,8 +6,12 @@ from __future__ import annotations
 import fcntl
 import json
 import math
+import os
 import re
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -243,6 +247,37 @@ def test_one_sweep_per_out_folder(tmp_path, fake_trainer):
             run_sweep(["a=synthetic_dacs"], [0], tmp_path / "sw")
     res = run_sweep(["a=synthetic_dacs"], [0], tmp_path / "sw")
     assert res["labels"]["a"]["mIoU"]["mean"] == 20.0 and res["failed"] == []
+
+
+SLEEPING_SWEEP = r"""
+import os, sys
+from mfmseg.cli import main
+from mfmseg.engine import sweep
+pids = sys.argv[1]
+child = "import os, time; open(%r, 'a').write(f'{os.getpid()}\\n'); time.sleep(600)" % pids
+sweep.train_argv = lambda run: [sys.executable, "-c", child]
+sys.exit(main(["sweep", "a=synthetic_dacs", "--seeds", "0", "1", "--jobs", "2", "--out", sys.argv[2]]))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc to see that the children are gone")
+def test_sigterm_stops_the_sweep_and_its_trainings(tmp_path):
+    """A scheduler's time limit sends SIGTERM: the sweep ends in one line and takes its trainings with it
+    (Python's default would end the parent alone and leave the children training, holding the lock)."""
+    pids = tmp_path / "pids"
+    proc = subprocess.Popen([sys.executable, "-c", SLEEPING_SWEEP, str(pids), str(tmp_path / "sw")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while (not pids.exists() or len(pids.read_text().split()) < 2) and time.time() < deadline:
+        time.sleep(0.1)
+    children = [int(p) for p in pids.read_text().split()]
+    assert len(children) == 2, "the sweep never started its two trainings"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "terminated" and "Traceback" not in err
+    for pid in children:
+        with pytest.raises(ProcessLookupError):  # ended and reaped by the sweep, not an orphan
+            os.kill(pid, 0)
 
 
 # ---- a real sweep ------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import sys
 import traceback
 
 from mfmseg import __version__
-from mfmseg.errors import UserError, user_message
+from mfmseg.errors import Terminated, UserError, sigterm_raises, user_message
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -352,7 +352,11 @@ def main(argv: list[str] | None = None) -> int:
     """The error boundary: every expected failure, from any process, ends as one `error: ...` line and exit 2."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with sigterm_raises():
+            return int(args.func(args) or 0)
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -9,7 +9,11 @@ so that the library and the CLI share one rule instead of each command catching 
 
 from __future__ import annotations
 
+import contextlib
 import re
+import signal
+import threading
+from typing import Iterator
 
 # torch's DataLoader re-raises a worker's exception as `type(msg)` with the worker's traceback folded into `msg`
 _WORKER_WRAPPED = re.compile(r"Caught \w+ in (?:DataLoader worker process \d+|pin memory thread[^.]*)\.\n"
@@ -34,6 +38,30 @@ class UserError(Exception):
             if tail:
                 self.remote_traceback, message = wrapped["tb"], tail["msg"]
         super().__init__(message, *args)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit, `kill`, `docker stop`, a sweep stopping its children), raised where the
+    process is. Python's default for SIGTERM ends the process on the spot: no `finally`, so a temp file stays
+    half-written and a sweep's trainings run on as orphans. Raised instead, it unwinds like Ctrl-C (whose handlers
+    it reuses by being a KeyboardInterrupt: DataLoader workers, the sweep terminating its children)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """SIGTERM raises `Terminated` inside the block (main thread only: Python delivers signals there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def first_line(e: BaseException) -> str:

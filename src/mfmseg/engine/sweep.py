@@ -12,8 +12,8 @@ one with `latest.pth` resumes (`train.resume=true`), any other leftover is start
 
 Every training is a subprocess (`python -m mfmseg train ...`), also with `--jobs 1`: one code path, and each run
 is isolated (a crash, a leak, a changed torch global or thread count stays in its process; its output goes to
-its own log; Ctrl-C stops the children, whose atomic checkpoints resume later). The parent never imports torch
-until it plots. The aggregation (`mean_std`, `paired_difference`, `per_class_means`, `aggregate`,
+its own log; Ctrl-C or SIGTERM stops the children, whose atomic checkpoints resume later). The parent never
+imports torch until it plots. The aggregation (`mean_std`, `paired_difference`, `per_class_means`, `aggregate`,
 `results_markdown`) is pure Python on summary dicts, testable without training.
 """
 
@@ -241,7 +241,7 @@ def _start(run: Run, env: dict[str, str], pass_fds: Sequence[int]) -> tuple[subp
 def execute(runs: Sequence[Run], jobs: int, on_done: Callable[[Run, int, float], None],
             pass_fds: Sequence[int] = (), live: LiveLine | None = None) -> None:
     """Train `runs` as subprocesses, at most `jobs` at once; `on_done(run, returncode, seconds)` as each ends.
-    On an exception (Ctrl-C) the running children are terminated: their last checkpoints resume later.
+    On an exception (Ctrl-C, SIGTERM) the running children are terminated: their last checkpoints resume later.
     `pass_fds`: the sweep's lock, inherited so that a child orphaned by a killed sweep still holds it.
     `live`: the running trainings' progress, redrawn while they run."""
     pending, running = list(runs), {}
