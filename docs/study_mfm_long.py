@@ -33,11 +33,10 @@ from mfmseg.files import read_jsonl  # noqa: E402
 # The study's questions: what MFM buys over DACS; what the extra pass alone does (lambda 0, target_bn_pass); what
 # MFM's gradient buys beyond its extra pass; the same with the encoder's statistics frozen; the mask strategies;
 # the mechanism (MFM's pass without the target batch's statistics: eval-mode BatchNorm, or frozen running ones).
-COMPARISONS = ["dacs_mfm_2k:dacs_2k", "mfm_lambda0_2k:dacs_2k", "dacs_bnpass_2k:dacs_2k", "dacs_bnpass_2k:mfm_lambda0_2k",
-               "dacs_mfm_2k:mfm_lambda0_2k",
-               "dacs_mfm_ne:dacs_ne", "dacs_mfm_ne_2k:dacs_ne_2k", "mfm_uncertain_2k:dacs_mfm_2k",
-               "mfm_confident_2k:dacs_mfm_2k", "dacs_mfm_2k:mfm_bneval_2k", "mfm_bneval_2k:dacs_2k",
-               "dacs_mfm_2k:mfm_bnfrozen_2k"]
+COMPARISONS = ["dacs_mfm_2k:dacs_2k", "mfm_lambda0_2k:dacs_2k", "dacs_bnpass_2k:dacs_2k",
+               "dacs_bnpass_2k:mfm_lambda0_2k", "dacs_mfm_2k:mfm_lambda0_2k", "dacs_mfm_ne:dacs_ne",
+               "dacs_mfm_ne_2k:dacs_ne_2k", "mfm_uncertain_2k:dacs_mfm_2k", "mfm_confident_2k:dacs_mfm_2k",
+               "dacs_mfm_2k:mfm_bneval_2k", "mfm_bneval_2k:dacs_2k", "dacs_mfm_2k:mfm_bnfrozen_2k"]
 
 
 def read_run(run_dir: Path) -> dict:
