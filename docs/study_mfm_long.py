@@ -1,9 +1,13 @@
 """Tables and figures of the long-schedule MFM study (docs/study_mfm.md, issue 16) from its sweep folders.
 
     python docs/study_mfm_long.py study_mfm_long/sweep_long study_mfm_long/sweep_normeval --out docs/figures
+    python docs/study_mfm_long.py docs/study_runs/issue16/sweep_a docs/study_runs/issue16/sweep_b \
+        --recorded docs/study_runs/issue16/lost_logs.json --out docs/figures      # the study's own tables
 
 Reads every run's `metrics.jsonl`, finished or not (a run still training, or stopped when the CPU budget ran out,
-contributes the evaluations it reached, marked as partial), and prints in Markdown:
+contributes the evaluations it reached, marked as partial), plus `--recorded` runs whose logs were lost (their
+mIoU per evaluation as printed at the time: they pair like any run, and have no per-class, q or MFM-loss rows),
+and prints in Markdown:
 
 1. every run's target val mIoU at each evaluation (400, 800, ... iterations);
 2. per comparison (`--compare LABEL:BASELINE ...`; by default the study's questions, those whose runs exist), the
@@ -20,6 +24,7 @@ Writes `study_long.png`: q per label (one panel each, one line per seed: no seri
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 from pathlib import Path
 
@@ -36,7 +41,8 @@ from mfmseg.files import read_jsonl  # noqa: E402
 COMPARISONS = ["dacs_mfm_2k:dacs_2k", "mfm_lambda0_2k:dacs_2k", "dacs_bnpass_2k:dacs_2k",
                "dacs_bnpass_2k:mfm_lambda0_2k", "dacs_mfm_2k:mfm_lambda0_2k", "dacs_mfm_ne:dacs_ne",
                "dacs_mfm_ne_2k:dacs_ne_2k", "mfm_uncertain_2k:dacs_mfm_2k", "mfm_confident_2k:dacs_mfm_2k",
-               "dacs_mfm_2k:mfm_bneval_2k", "mfm_bneval_2k:dacs_2k", "dacs_mfm_2k:mfm_bnfrozen_2k"]
+               "dacs_mfm_2k:mfm_bneval_2k", "mfm_bneval_2k:dacs_2k", "mfm_bneval_2k:mfm_lambda0_2k",
+               "mfm_bnfrozen_2k:dacs_2k", "dacs_mfm_2k:mfm_bnfrozen_2k"]
 
 
 def read_run(run_dir: Path) -> dict:
@@ -71,6 +77,29 @@ def read_sweeps(folders: list[Path]) -> dict[str, dict[int, dict]]:
     return runs
 
 
+def read_recorded(path: Path) -> dict[str, dict[int, dict]]:
+    """Runs whose logs were lost (the study machine is reset between sessions), from a JSON file
+    {label: {seed: {iteration: mIoU}}} holding the two-decimal values this script printed from their logs at the
+    time. So every Δ of the study is computed here, not by hand; the values are only as exact as their decimals."""
+    runs: dict[str, dict[int, dict]] = {}
+    for label, seeds in json.loads(path.read_text()).items():
+        for seed, val in seeds.items():
+            val = {int(it): float(m) for it, m in val.items()}
+            runs.setdefault(label, {})[int(seed)] = {"val": val, "classes": {}, "q": {}, "mfm": {}, "done": True,
+                                                     "max_iters": max(val), "recorded": True}
+    return runs
+
+
+def merge_runs(*sources: dict[str, dict[int, dict]]) -> dict[str, dict[int, dict]]:
+    """Later sources fill in only the (label, seed) pairs earlier ones lack: a log beats a transcription."""
+    runs: dict[str, dict[int, dict]] = {}
+    for source in sources:
+        for label, seeds in source.items():
+            for seed, run in seeds.items():
+                runs.setdefault(label, {}).setdefault(seed, run)
+    return runs
+
+
 def mean_std(values: list[float]) -> str:
     if not values:
         return "—"
@@ -90,7 +119,8 @@ def runs_table(runs: dict[str, dict[int, dict]], points: list[int]) -> str:
     for label in sorted(runs):
         for seed, run in sorted(runs[label].items()):
             cells = [f"{run['val'][p]:.2f}" if p in run["val"] else "—" for p in points]
-            status = "done" if run["done"] else f"partial ({max(run['q'], default=0)} it)"
+            status = ("done (log lost)" if run.get("recorded") else
+                      "done" if run["done"] else f"partial ({max(run['q'], default=0)} it)")
             lines.append(f"| {label} | {seed} | " + " | ".join(cells) + f" | {status} |")
     return "\n".join(lines)
 
@@ -150,6 +180,8 @@ def q_table(runs: dict[str, dict[int, dict]]) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for label in sorted(runs):
         for seed, run in sorted(runs[label].items()):
+            if not run["q"]:  # a recorded run: its q was not kept
+                continue
             n = run["max_iters"] or max(run["q"], default=0)
             finished = max(run["q"], default=0) >= n
 
@@ -165,11 +197,12 @@ def q_table(runs: dict[str, dict[int, dict]]) -> str:
 
 
 def plot(runs: dict[str, dict[int, dict]], curves: dict, path: Path) -> None:
-    labels = sorted(runs)
+    labels = sorted(label for label, seeds in runs.items() if any(run["q"] for run in seeds.values()))
     fig, axes = plt.subplots(1, len(labels) + 1, figsize=(3.2 * (len(labels) + 1), 3.2), squeeze=False)
     for ax, label in zip(axes[0], labels):
         for seed, run in sorted(runs[label].items()):
-            ax.plot(list(run["q"]), list(run["q"].values()), lw=0.8, label=f"seed {seed}")
+            if run["q"]:
+                ax.plot(list(run["q"]), list(run["q"].values()), lw=0.8, label=f"seed {seed}")
         ax.set(title=label, xlabel="iteration", ylabel="q", ylim=(0, 1))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
@@ -194,8 +227,10 @@ def main() -> None:
     ap.add_argument("--compare", nargs="+", default=COMPARISONS, metavar="LABEL:BASELINE")
     ap.add_argument("--out", type=Path, help="folder for the figure (none without it: the tables only)")
     ap.add_argument("--name", default="study_long.png")
+    ap.add_argument("--recorded", type=Path, metavar="JSON",
+                    help="{label: {seed: {iteration: mIoU}}} of runs whose logs were lost")
     args = ap.parse_args()
-    runs = read_sweeps(args.sweeps)
+    runs = merge_runs(read_sweeps(args.sweeps), read_recorded(args.recorded) if args.recorded else {})
     points = sorted({p for label in runs.values() for run in label.values() for p in run["val"]})
     print(runs_table(runs, points) + "\n")
     pairs = [tuple(c.split(":", 1)) for c in args.compare]

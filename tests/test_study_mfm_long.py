@@ -56,3 +56,21 @@ def test_paired_deltas_and_per_class_at_the_latest_point_leave_a_partial_seed_ou
     # the last third of 800 iterations (533, 800]: q 0.8 and MFM loss 0.1 at 600, 700, 800; none for a partial run
     assert q_rows[("| mfm", "0")].split(" | ")[2] == "0.80 / 0.100"
     assert q_rows[("| mfm", "1")].split(" | ")[2] == "—"
+
+
+def test_recorded_runs_pair_with_logged_ones_and_a_log_beats_its_transcription(study, tmp_path):
+    runs_dir = tmp_path / "sweep" / "runs"
+    write_run(runs_dir / "base" / "seed1", {400: 32.0, 800: 44.0}, {400: 10.0, 800: 30.0}, q=0.6)
+    write_run(runs_dir / "mfm" / "seed1", {400: 31.0, 800: 46.0}, {400: 12.0, 800: 50.0}, q=0.8)
+    recorded = tmp_path / "lost.json"
+    recorded.write_text(json.dumps({"base": {"0": {"400": 30.0, "800": 40.0}, "1": {"800": 99.0}},
+                                    "mfm": {"0": {"400": 31.5, "800": 43.25}}}))
+    runs = study.merge_runs(study.read_sweeps([tmp_path / "sweep"]), study.read_recorded(recorded))
+    assert runs["base"][1]["val"] == {400: 32.0, 800: 44.0}  # the log, not the recorded 99.0
+    table, curves = study.delta_table(runs, [("mfm", "base")], [400, 800])
+    # seed 0 (recorded): +1.5, +3.25; seed 1 (logged): -1, +2
+    assert curves["mfm − base"] == {400: [1.5, -1.0], 800: [3.25, 2.0]}
+    assert "| mfm | 0 | 31.50 | 43.25 | done (log lost) |" in study.runs_table(runs, [400, 800])
+    # no per-class IoU or q was recorded: those tables hold the logged seed only
+    assert "(n=1, it 800)" in study.class_delta_table(runs, [("mfm", "base")])
+    assert [line.split(" | ")[1] for line in study.q_table(runs).splitlines()[2:]] == ["1", "1"]
