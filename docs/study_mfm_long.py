@@ -41,8 +41,8 @@ from mfmseg.files import read_jsonl  # noqa: E402
 COMPARISONS = ["dacs_mfm_2k:dacs_2k", "mfm_lambda0_2k:dacs_2k", "dacs_bnpass_2k:dacs_2k",
                "dacs_bnpass_2k:mfm_lambda0_2k", "dacs_mfm_2k:mfm_lambda0_2k", "dacs_mfm_ne:dacs_ne",
                "dacs_mfm_ne_2k:dacs_ne_2k", "mfm_uncertain_2k:dacs_mfm_2k", "mfm_confident_2k:dacs_mfm_2k",
-               "dacs_mfm_2k:mfm_bneval_2k", "mfm_bneval_2k:dacs_2k", "mfm_bneval_2k:mfm_lambda0_2k",
-               "mfm_bnfrozen_2k:dacs_2k", "dacs_mfm_2k:mfm_bnfrozen_2k"]
+               "mfm_uncertain_2k:dacs_2k", "dacs_mfm_2k:mfm_bneval_2k", "mfm_bneval_2k:dacs_2k",
+               "mfm_bneval_2k:mfm_lambda0_2k", "mfm_bnfrozen_2k:dacs_2k", "dacs_mfm_2k:mfm_bnfrozen_2k"]
 
 
 def read_run(run_dir: Path) -> dict:
