@@ -198,7 +198,9 @@ def q_table(runs: dict[str, dict[int, dict]]) -> str:
 
 def plot(runs: dict[str, dict[int, dict]], curves: dict, path: Path) -> None:
     labels = sorted(label for label, seeds in runs.items() if any(run["q"] for run in seeds.values()))
-    fig, axes = plt.subplots(1, len(labels) + 1, figsize=(3.2 * (len(labels) + 1), 3.2), squeeze=False)
+    # the Δ panel is twice as wide, its legend (one entry per comparison) beside it rather than over the curves
+    fig, axes = plt.subplots(1, len(labels) + 1, figsize=(3.2 * (len(labels) + 4), 3.2), squeeze=False,
+                             gridspec_kw={"width_ratios": [1] * len(labels) + [2]})
     for ax, label in zip(axes[0], labels):
         for seed, run in sorted(runs[label].items()):
             if run["q"]:
@@ -216,7 +218,7 @@ def plot(runs: dict[str, dict[int, dict]], curves: dict, path: Path) -> None:
     ax.axhline(0, color="black", lw=0.6)
     ax.set(title="paired Δ mIoU", xlabel="iteration", ylabel="Δ mIoU")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
