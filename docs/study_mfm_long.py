@@ -182,8 +182,8 @@ def q_table(runs: dict[str, dict[int, dict]]) -> str:
         for seed, run in sorted(runs[label].items()):
             if not run["q"]:  # a recorded run: its q was not kept
                 continue
-            n = run["max_iters"] or max(run["q"], default=0)
-            finished = max(run["q"], default=0) >= n
+            n = run["max_iters"] or max(run["q"])
+            finished = max(run["q"]) >= n
 
             def cell(lo: float, hi: float, show: bool = True) -> str:
                 q, loss = window_mean(run["q"], lo, hi), window_mean(run["mfm"], lo, hi)
