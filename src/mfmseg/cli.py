@@ -165,8 +165,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         cfg.data.val.root = args.data
     if args.mode:
         cfg.eval.mode = args.mode
-    dataset = build_dataset(cfg.data.val, "val", num_classes=cfg.model.num_classes)
-    result = evaluate(model, dataset, cfg.eval, device=device, autocast_dtype=eval_autocast_dtype(cfg, device))
+    dataset = build_dataset(cfg.data.val, "val", num_classes=cfg.model.num_classes, classes=cfg.data.classes)
+    result = evaluate(model, dataset, cfg.eval, device=device, autocast_dtype=eval_autocast_dtype(cfg, device),
+                      classes=cfg.data.classes)
     print(format_table(result))
     if args.json:
         atomic_write_text(args.json, json.dumps(json_safe(result), indent=2))

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 from mfmseg.data.layouts import DATASET_KINDS  # a leaf of data/: imports nothing that imports config
+from mfmseg.data.labels import CLASS_SETS  # a leaf of data/ too
 from mfmseg.errors import UserError, first_line, yaml_error_line
 
 PRESET_DIR = Path(__file__).parent / "configs"
@@ -80,6 +81,9 @@ class DataConfig:
     num_workers: int = 4
     cat_max_ratio: float = 0.75  # source crops are re-drawn until no class covers more than this
     rcs: RCSConfig = field(default_factory=RCSConfig)
+    # the label space trained and scored: cityscapes (19) | idd_level1 (IDD's 7 level-1 classes); datasets labelled
+    # in Cityscapes' classes are mapped down to a coarser set (docs/data.md)
+    classes: str = "cityscapes"
 
 
 @dataclass
@@ -217,6 +221,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.source.kind": DATASET_KINDS,
     "data.target.kind": DATASET_KINDS,
     "data.val.kind": DATASET_KINDS,
+    "data.classes": tuple(CLASS_SETS),
     "uda.method": ("source_only", "dacs"),
     "uda.mfm.domain": ("target", "source", "both", "mixed"),
     "uda.mfm.mask_strategy": ("random", "uncertain", "confident"),
@@ -489,6 +494,10 @@ def validate(config: Config) -> None:
     _check_mfm(m)
     if config.optim.min_lr > config.optim.lr:
         raise UserError(f"optim.min_lr={config.optim.min_lr} must not exceed optim.lr={config.optim.lr}")
+    classes = CLASS_SETS[config.data.classes]
+    if config.data.classes != "cityscapes" and config.model.num_classes != len(classes):
+        raise UserError(f"data.classes={config.data.classes} has {len(classes)} classes but model.num_classes="
+                        f"{config.model.num_classes}: set model.num_classes={len(classes)}")
     if any(c >= config.model.num_classes for c in config.uda.fd.thing_classes):
         raise UserError(f"uda.fd.thing_classes={list(config.uda.fd.thing_classes)} must be train ids below "
                         f"model.num_classes={config.model.num_classes}")

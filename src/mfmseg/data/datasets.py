@@ -10,7 +10,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from mfmseg.config import DatasetConfig
-from mfmseg.data.labels import IGNORE_INDEX
+from mfmseg.data.labels import IGNORE_INDEX, class_set_remap
 from mfmseg.data.layouts import LAYOUTS
 from mfmseg.data.transforms import normalize, random_crop, resize
 from mfmseg.errors import UserError
@@ -70,11 +70,18 @@ def check_train_ids(label: np.ndarray, path: Path, num_classes: int) -> None:
 class SegmentationDataset(Dataset):
     """(image, train-id label) pairs of one split of one layout."""
 
-    def __init__(self, cfg: DatasetConfig, mode: str, cat_max_ratio: float = 1.0, num_classes: int = 255) -> None:
+    def __init__(self, cfg: DatasetConfig, mode: str, cat_max_ratio: float = 1.0, num_classes: int = 255,
+                 classes: str = "cityscapes") -> None:
         if cfg.kind not in LAYOUTS:
             raise UserError(f"unknown dataset kind '{cfg.kind}'")
         self.cfg, self.mode, self.cat_max_ratio, self.num_classes = cfg, mode, cat_max_ratio, num_classes
         self.root = Path(cfg.root)
+        native = LAYOUTS[cfg.kind].classes or classes
+        try:  # train ids of the dataset's own class set -> the run's (None: the same set)
+            self.remap = class_set_remap(native, classes)
+        except ValueError as e:
+            raise UserError(f"{cfg.kind} dataset at {cfg.root}: {e}; set data.classes={native} or use another "
+                            f"dataset") from None
         self.pairs = LAYOUTS[cfg.kind].find_pairs(self.root, cfg.split, need_train_ids=mode != "images")
         if mode == "images":  # the images alone, labels or not (label-free monitoring on target training images)
             self.pairs = [(img, None) for img, _ in self.pairs]
@@ -94,6 +101,8 @@ class SegmentationDataset(Dataset):
         img_path, label_path = self.pairs[index]
         img = read_image(img_path)
         label = read_train_ids(label_path) if label_path is not None else None
+        if label is not None and self.remap is not None:
+            label = self.remap[label]
         if label is not None and label.shape != (img.height, img.width):
             raise UserError(f"label {label_path} is {label.shape[1]}×{label.shape[0]} but image {img_path} is "
                             f"{img.width}×{img.height}")
@@ -124,11 +133,12 @@ class SegmentationDataset(Dataset):
 
 
 def build_dataset(cfg: DatasetConfig, mode: str, cat_max_ratio: float = 1.0,
-                  num_classes: int = 255) -> SegmentationDataset:
-    """`num_classes`: label ids from it to 254 are an error naming the file (255 = no check). `images`: the
-    resized images without labels (as `val`, `has_labels` False)."""
+                  num_classes: int = 255, classes: str = "cityscapes") -> SegmentationDataset:
+    """`num_classes`: label ids from it to 254 are an error naming the file (255 = no check). `classes`: the run's
+    class set (`data.classes`); labels of a finer set are mapped down to it. `images`: the resized images without
+    labels (as `val`, `has_labels` False)."""
     if mode not in ("train", "val", "images"):
         raise ValueError(f"mode must be train, val or images, got {mode}")
     if not cfg.root:
         raise UserError(f"no root set for the {cfg.kind} dataset: set data.*.root")
-    return SegmentationDataset(cfg, mode, cat_max_ratio, num_classes)
+    return SegmentationDataset(cfg, mode, cat_max_ratio, num_classes, classes)

@@ -1,6 +1,9 @@
-"""Label spaces: Cityscapes' 19 training classes, id -> train-id maps (Cityscapes/GTA5, SYNTHIA), palettes."""
+"""Label spaces: Cityscapes' 19 training classes, id -> train-id maps (Cityscapes/GTA5, SYNTHIA), palettes, and the
+named class sets a run can train in (`data.classes`: Cityscapes' 19, IDD's 7 level-1 classes)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -12,6 +15,12 @@ CITYSCAPES_PALETTE = (
     (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
     (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60), (255, 0, 0),
     (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
+)
+# the colours of Cityscapes' void classes (unlabelled, ego vehicle, static, dynamic, ground, parking, rail track,
+# guard rail, bridge, tunnel, caravan, trailer): a colour label in this palette maps them to ignore
+CITYSCAPES_VOID_COLORS = (
+    (0, 0, 0), (20, 20, 20), (111, 74, 0), (81, 0, 81), (250, 170, 160), (230, 150, 140), (180, 165, 180),
+    (150, 100, 100), (150, 120, 90), (0, 0, 90), (0, 0, 110),
 )
 IGNORE_INDEX = 255
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -36,3 +45,61 @@ def lookup_table(mapping: dict[int, int], size: int = 65536) -> np.ndarray:
 
 TRAIN_ID_TO_CITYSCAPES_ID = np.array([k for k, _ in sorted(CITYSCAPES_ID_TO_TRAIN_ID.items(), key=lambda kv: kv[1])],
                                      dtype=np.uint8)
+
+
+# ---- class sets: the label space a run trains and scores in (`data.classes`) ----------------------------------
+
+@dataclass(frozen=True)
+class ClassSet:
+    """A named label space. `from_cityscapes[c]` is this set's train id for Cityscapes train id `c`: datasets
+    labelled in Cityscapes' 19 classes (GTA5, SYNTHIA, Cityscapes, ACDC, KITTI) are mapped down to it when a run
+    uses it. The map goes one way only: a coarse label cannot be split back into fine classes."""
+    name: str
+    names: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    from_cityscapes: tuple[int, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+CITYSCAPES = ClassSet("cityscapes", CITYSCAPES_CLASSES, CITYSCAPES_PALETTE)
+# IDD's level-1 classes (IDD-Lite's labels 0..6): road -> drivable; sidewalk, terrain -> non-drivable; person, rider
+# -> living things; car ... bicycle -> vehicles; wall, fence, pole, light, sign -> roadside objects; building,
+# vegetation -> far objects; sky -> sky.
+IDD_LEVEL1 = ClassSet(
+    "idd_level1",
+    ("drivable", "non-drivable", "living things", "vehicles", "roadside objects", "far objects", "sky"),
+    ((128, 64, 128), (244, 35, 232), (220, 20, 60), (0, 0, 142), (220, 220, 0), (70, 70, 70), (70, 130, 180)),
+    from_cityscapes=(0, 1, 5, 4, 4, 4, 4, 4, 5, 1, 6, 2, 2, 3, 3, 3, 3, 3, 3),
+)
+CLASS_SETS: dict[str, ClassSet] = {s.name: s for s in (CITYSCAPES, IDD_LEVEL1)}
+
+
+def class_set_remap(native: str, wanted: str) -> np.ndarray | None:
+    """A 256-entry train-id lookup from a dataset's `native` class set to the run's `wanted` one (None: same set).
+    Raises ValueError when the labels cannot be expressed in the wanted set."""
+    if native == wanted:
+        return None
+    target = CLASS_SETS[wanted]
+    if native != CITYSCAPES.name or target.from_cityscapes is None:
+        raise ValueError(f"labels in the {native} classes cannot be mapped to the {wanted} classes "
+                         f"(only Cityscapes' 19 classes map down to a coarser set)")
+    lut = np.full(256, IGNORE_INDEX, np.uint8)
+    lut[: len(target.from_cityscapes)] = target.from_cityscapes
+    return lut
+
+
+def decode_color_label(rgb: np.ndarray, palette: tuple[tuple[int, int, int], ...],
+                       void: tuple[tuple[int, int, int], ...] = ()) -> tuple[np.ndarray, float]:
+    """Colour-coded label (H, W, 3) -> (train ids by exact colour, share of pixels whose colour is neither in
+    `palette` nor in `void`). Colours outside the palette -> 255. Exact match only: an anti-aliased or
+    JPEG-compressed colour label shows up as a large unknown share, which the caller refuses."""
+    code = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+    out = np.full(code.shape, IGNORE_INDEX, np.uint8)
+    for train_id, (r, g, b) in enumerate(palette):
+        out[code == ((r << 16) | (g << 8) | b)] = train_id
+    known = out != IGNORE_INDEX
+    for r, g, b in void:
+        known |= code == ((r << 16) | (g << 8) | b)
+    return out, float(1 - known.mean()) if code.size else 0.0

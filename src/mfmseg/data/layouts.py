@@ -1,8 +1,9 @@
 """Where each dataset keeps its images and labels, and how their names pair up.
 
-One small `Layout` per dataset (GTA5, SYNTHIA, Cityscapes, ACDC, Dark Zurich, a generic folder): it finds
-(image, label) pairs of a split, names the train-id file written beside a label, and says exactly what is missing
-when a folder does not look like the layout it claims to be.
+One small `Layout` per dataset (GTA5, SYNTHIA, Cityscapes, ACDC, Dark Zurich, KITTI, IDD, a generic folder): it
+finds (image, label) pairs of a split, names the train-id file written beside a label, and says exactly what is
+missing when a folder does not look like the layout it claims to be. A layout also names the class set its labels
+are in (`classes`), so that a run in a coarser set maps them down (`labels.class_set_remap`).
 """
 
 from __future__ import annotations
@@ -29,12 +30,21 @@ class Layout:
     split_in_path: bool
     stats_split: str = "train"
     id_map: dict | None = None
+    classes: str | None = "cityscapes"  # the class set of its train ids; None: the run's (folder datasets)
+    # other (image suffix, label suffix) namings of the same dataset, tried in order when the first finds no image
+    # (IDD-Lite's `_image.jpg`/`_label.png` beside full IDD's)
+    variants: tuple[tuple[str, str], ...] = ()
+    # a folder of colour-coded labels (Cityscapes palette) used when `label_dir` is absent (KITTI's semantic_rgb/)
+    color_label_dir: str | None = None
 
     def splits(self, root: Path) -> list[str]:
+        """The split folders that hold this layout's image folder (a stray folder beside them is not a split)."""
         if not self.split_in_path:
-            return ["train"]
+            return [self.stats_split]
         base = root / self.image_dir.split("{split}")[0]
-        return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if p.is_dir() and self._dirs(root, p.name)[0].is_dir())
 
     def lookup_table(self, folder_map: dict | None = None) -> np.ndarray:
         return lookup_table(folder_map if folder_map is not None else self.id_map)
@@ -46,7 +56,18 @@ class Layout:
         return label.with_name(stem + TRAIN_ID_SUFFIX)
 
     def _dirs(self, root: Path, split: str) -> tuple[Path, Path]:
-        return root / self.image_dir.format(split=split), root / self.label_dir.format(split=split)
+        labels = root / self.label_dir.format(split=split)
+        if self.color_label_dir and not labels.is_dir():
+            colours = root / self.color_label_dir.format(split=split)
+            labels = colours if colours.is_dir() else labels
+        return root / self.image_dir.format(split=split), labels
+
+    def _images(self, img_dir: Path) -> tuple[list[Path], str, str]:
+        for image_suffix, label_suffix in ((self.image_suffix, self.label_suffix), *self.variants):
+            images = sorted(p for p in img_dir.rglob(f"*{image_suffix}") if not p.name.endswith(".tmp.png"))
+            if images:
+                return images, image_suffix, label_suffix
+        return [], self.image_suffix, self.label_suffix
 
     def find_pairs(self, root: Path, split: str, need_train_ids: bool) -> list[tuple[Path, Path | None]]:
         """Sorted (image, label) pairs; `label` is the train-id file when `need_train_ids`."""
@@ -59,13 +80,14 @@ class Layout:
         if not img_dir.is_dir():
             raise UserError(f"{self.kind} layout: missing folder {img_dir} (expected {self.image_dir.format(split=split)}"
                             f"/…{self.image_suffix} under {root})")
-        images = sorted(p for p in img_dir.rglob(f"*{self.image_suffix}") if not p.name.endswith(".tmp.png"))
+        images, image_suffix, label_suffix = self._images(img_dir)
         if not images:
-            raise UserError(f"{self.kind} layout: no *{self.image_suffix} images under {img_dir}")
+            wanted = " or ".join(f"*{s}" for s, _ in ((self.image_suffix, ""), *self.variants))
+            raise UserError(f"{self.kind} layout: no {wanted} images under {img_dir}")
         pairs = []
         for img in images:
             rel = img.relative_to(img_dir)
-            label = lbl_dir / rel.parent / (img.name[: -len(self.image_suffix)] + self.label_suffix)
+            label = lbl_dir / rel.parent / (img.name[: -len(image_suffix)] + label_suffix)
             if not lbl_dir.is_dir():
                 label = None
             elif not label.is_file():
@@ -87,7 +109,16 @@ LAYOUTS: dict[str, Layout] = {
                    id_map=CITYSCAPES_ID_TO_TRAIN_ID),
     "darkzurich": Layout("darkzurich", "rgb_anon/{split}", "gt/{split}", "_rgb_anon.png", "_gt_labelIds.png", True,
                          stats_split="none", id_map=CITYSCAPES_ID_TO_TRAIN_ID),
-    "folder": Layout("folder", "images", "labels", ".png", ".png", False),
+    # KITTI semantics as distributed (data_semantics.zip): training/ and testing/, each with image_2/; labels in
+    # semantic/ (Cityscapes label ids) or, when only those are at hand, semantic_rgb/ (Cityscapes colours)
+    "kitti": Layout("kitti", "{split}/image_2", "{split}/semantic", ".png", ".png", True, stats_split="training",
+                    id_map=CITYSCAPES_ID_TO_TRAIN_ID, color_label_dir="{split}/semantic_rgb"),
+    # IDD's level-1 classes: IDD-Lite (`<id>_image.jpg`, `<id>_label.png` with ids 0..6) or full IDD with the
+    # level-1 label files its toolkit writes (`_leftImg8bit.png`, `_gtFine_labellevel1Ids.png`)
+    "idd": Layout("idd", "leftImg8bit/{split}", "gtFine/{split}", "_image.jpg", "_label.png", True,
+                  id_map={i: i for i in range(7)}, classes="idd_level1",
+                  variants=(("_leftImg8bit.png", "_gtFine_labellevel1Ids.png"),)),
+    "folder": Layout("folder", "images", "labels", ".png", ".png", False, classes=None),
 }
 DATASET_KINDS: tuple[str, ...] = tuple(LAYOUTS)  # the one list: config's data.*.kind and `mfmseg prepare` read it
 

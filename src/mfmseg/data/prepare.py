@@ -21,7 +21,7 @@ from PIL import Image
 from mfmseg.data.datasets import open_image
 from mfmseg.data.layouts import LAYOUTS, Layout, load_class_map
 from mfmseg.data.parallel import map_jobs
-from mfmseg.data.labels import IGNORE_INDEX
+from mfmseg.data.labels import CITYSCAPES_PALETTE, CITYSCAPES_VOID_COLORS, IGNORE_INDEX, decode_color_label
 from mfmseg.errors import UserError
 from mfmseg.files import atomic_write, atomic_write_text
 
@@ -46,15 +46,35 @@ def read_label_ids(path: Path, kind: str) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+def read_color_label(path: Path, kind: str) -> np.ndarray:
+    """Train ids of a colour-coded label in the Cityscapes palette (KITTI's semantic_rgb/). Exact colours only;
+    a file where most pixels match no palette colour is not a colour label of this palette (or was compressed)."""
+    with open_image(path, "label") as img:
+        if img.mode not in ("RGB", "RGBA"):
+            raise UserError(f"label {path} is a {img.mode} image: {kind} colour labels (semantic_rgb/) are RGB "
+                            f"PNGs in the Cityscapes palette")
+        rgb = np.asarray(img.convert("RGB"))
+    train_ids, unknown = decode_color_label(rgb, CITYSCAPES_PALETTE, CITYSCAPES_VOID_COLORS)
+    if unknown > 0.05:
+        raise UserError(f"label {path}: {unknown:.0%} of its pixels have colours outside the Cityscapes palette: "
+                        f"{kind} colour labels must use its exact colours (lossless PNG, no anti-aliasing)")
+    return train_ids
+
+
 def _convert(job: tuple) -> dict:
     label_path, out_path, kind, lut, rel = job
     if out_path.exists():
         train_ids = np.asarray(Image.open(out_path))
     else:
-        ids = read_label_ids(label_path, kind)
-        if ids.max() >= len(lut):
-            ids = np.where(ids < len(lut), ids, 0)
-        train_ids = lut[ids]
+        layout = LAYOUTS[kind]
+        colour_dir = layout.color_label_dir and label_path.parent.name == Path(layout.color_label_dir).name
+        if colour_dir:
+            train_ids = read_color_label(label_path, kind)
+        else:
+            ids = read_label_ids(label_path, kind)
+            if ids.max() >= len(lut):
+                ids = np.where(ids < len(lut), ids, 0)
+            train_ids = lut[ids]
         atomic_write(out_path, Image.fromarray(train_ids.astype(np.uint8), mode="L").save)
     counts = np.bincount(train_ids[train_ids != IGNORE_INDEX].ravel(), minlength=256)
     stats: dict = {str(c): int(n) for c, n in enumerate(counts) if n > 0}

@@ -29,17 +29,24 @@ class RareClassSampler:
         if not stats_file.is_file() or not freq_file.is_file():
             raise UserError(f"rare class sampling needs {stats_file}: run `mfmseg prepare` on {root} "
                             f"(or set data.rcs.enabled=false)")
-        totals: dict[int, int] = {}
+        # per-file pixel counts, in the run's class set (a coarser `data.classes` sums the classes it merges)
+        remap = dataset.remap
+        per_file: list[tuple[str, dict[int, int]]] = []
         for s in json.loads(freq_file.read_text()):
+            counts: dict[int, int] = {}
             for k, v in s.items():
                 if k != "file":
-                    totals[int(k)] = totals.get(int(k), 0) + int(v)
-        with_class = json.loads(stats_file.read_text())
+                    c = int(remap[int(k)]) if remap is not None else int(k)
+                    counts[c] = counts.get(c, 0) + int(v)
+            per_file.append((s["file"], counts))
+        totals: dict[int, int] = {}
         self.files: dict[int, list[int]] = {}
-        for k, entries in with_class.items():
-            idx = [dataset.label_files[f] for f, n in entries if n > cfg.min_pixels and f in dataset.label_files]
-            if idx:
-                self.files[int(k)] = idx
+        for file, counts in per_file:
+            for c, n in counts.items():
+                totals[c] = totals.get(c, 0) + n
+                if n > cfg.min_pixels and file in dataset.label_files:
+                    self.files.setdefault(c, []).append(dataset.label_files[file])
+        totals.pop(255, None)
         self.classes = sorted(c for c in totals if c in self.files)
         if not self.classes:
             raise UserError(f"no class in {stats_file} has an image with > {cfg.min_pixels} pixels: lower "
@@ -101,13 +108,15 @@ class UDAStream(IterableDataset):
 
 
 def build_uda_loader(cfg: DataConfig, seed: int, rank: int = 0, world_size: int = 1,
-                     start_iter: int = 0, num_classes: int = 255, pin_memory: bool = False) -> Iterator[dict]:
+                     start_iter: int = 0, num_classes: int = 255, pin_memory: bool = False,
+                     classes: str = "cityscapes") -> Iterator[dict]:
     """An endless iterator of UDA batches, deterministic under (seed, rank) whatever the number of workers.
     `pin_memory`: the workers' batches land in page-locked memory, so that the trainer's `non_blocking` copies to
     the GPU are truly asynchronous (without workers there is no pinning thread: a pin would be one more copy on
     the training thread)."""
-    source = build_dataset(cfg.source, "train", cat_max_ratio=cfg.cat_max_ratio, num_classes=num_classes)
-    target = build_dataset(cfg.target, "train", num_classes=num_classes)
+    source = build_dataset(cfg.source, "train", cat_max_ratio=cfg.cat_max_ratio, num_classes=num_classes,
+                           classes=classes)
+    target = build_dataset(cfg.target, "train", num_classes=num_classes, classes=classes)
     rcs = RareClassSampler(Path(cfg.source.root), cfg.rcs, source) if cfg.rcs.enabled else None
     stream = UDAStream(source, target, rcs, cfg.batch_size, seed, rank, start_iter)
     if cfg.num_workers <= 0:

@@ -8,7 +8,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mfmseg.config import EvalConfig
-from mfmseg.data.labels import CITYSCAPES_CLASSES
+from mfmseg.data.labels import CLASS_SETS
 from mfmseg.engine.distributed import DistContext
 from mfmseg.engine.inference import infer_labels
 from mfmseg.engine.metrics import ConfusionMatrix, summarize
@@ -16,14 +16,24 @@ from mfmseg.engine.numerics import autocast
 from mfmseg.errors import UserError
 
 
-def class_names(num_classes: int) -> list[str]:
-    return list(CITYSCAPES_CLASSES) if num_classes == 19 else [f"class_{i}" for i in range(num_classes)]
+def class_names(num_classes: int, classes: str = "cityscapes") -> list[str]:
+    """The names of the run's class set (`data.classes`) when the model has its class count, else class_<i>."""
+    names = CLASS_SETS[classes].names
+    return list(names) if len(names) == num_classes else [f"class_{i}" for i in range(num_classes)]
+
+
+def class_palette(num_classes: int, classes: str = "cityscapes") -> list[list[int]]:
+    """RGB colours per train id: the class set's, padded with the Cityscapes palette for a folder dataset's ids."""
+    palette = [list(c) for c in CLASS_SETS[classes].palette]
+    if len(palette) != num_classes:
+        palette = [list(c) for c in CLASS_SETS["cityscapes"].palette]
+    return palette[:num_classes]
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset, cfg: EvalConfig, *, device: torch.device | str = "cpu",
-             progress: bool = True, ctx: DistContext = DistContext(), autocast_dtype: torch.dtype | None = None
-             ) -> dict:
+             progress: bool = True, ctx: DistContext = DistContext(), autocast_dtype: torch.dtype | None = None,
+             classes: str = "cityscapes") -> dict:
     """{"mIoU", "mIoU16", "mIoU13", "aAcc", "per_class_iou"} in percent; the model is run in eval mode, under
     autocast in `autocast_dtype` when given (`numerics.eval_autocast_dtype`; logits are float before the argmax).
 
@@ -51,4 +61,4 @@ def evaluate(model: nn.Module, dataset, cfg: EvalConfig, *, device: torch.device
         model.train(was_training)
     if ctx.enabled:
         dist.all_reduce(cm.mat)
-    return summarize(cm, class_names(model.num_classes))
+    return summarize(cm, class_names(model.num_classes, classes))

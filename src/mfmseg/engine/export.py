@@ -14,9 +14,8 @@ from torch import nn
 
 from mfmseg import __version__
 from mfmseg.config import Config, config_from_dict, to_dict
-from mfmseg.data.labels import CITYSCAPES_PALETTE
 from mfmseg.engine.checkpoint import TRAIN_FORMAT, atomic_torch_save, load_torch_file, require_keys
-from mfmseg.engine.evaluate import class_names
+from mfmseg.engine.evaluate import class_names, class_palette
 from mfmseg.errors import UserError
 from mfmseg.models.released import load_released_checkpoint
 from mfmseg.models.weights import load_strict
@@ -99,7 +98,7 @@ def save_inference_model(model: nn.Module, cfg: Config, out: str | Path) -> Path
     """The inference-only file of a model in memory, written atomically (also the trainer's best.pth and kept
     checkpoints: what `predict`, `evaluate` and `export` read)."""
     atomic_torch_save({"format": MODEL_FORMAT, "config": to_dict(cfg), "state_dict": model.state_dict(),
-                       "classes": class_names(cfg.model.num_classes),
-                       "palette": [list(c) for c in CITYSCAPES_PALETTE][: cfg.model.num_classes],
+                       "classes": class_names(cfg.model.num_classes, cfg.data.classes),
+                       "palette": class_palette(cfg.model.num_classes, cfg.data.classes),
                        "version": __version__}, Path(out))
     return Path(out)

@@ -31,10 +31,10 @@ from torch import Tensor, nn
 
 from mfmseg import __version__
 from mfmseg.config import Config, to_dict
-from mfmseg.data.labels import CITYSCAPES_PALETTE, IMAGENET_MEAN, IMAGENET_STD
+from mfmseg.data.labels import IMAGENET_MEAN, IMAGENET_STD
 from mfmseg.data.synthetic import make_sample
 from mfmseg.data.transforms import normalize
-from mfmseg.engine.evaluate import class_names
+from mfmseg.engine.evaluate import class_names, class_palette
 from mfmseg.engine.export import load_inference_model
 from mfmseg.engine.onnx_runtime import ONNX_FORMAT, OnnxSegmentor, require_modules
 from mfmseg.errors import UserError
@@ -169,8 +169,8 @@ def metadata(model: nn.Module, cfg: Config, source_sha256: str, fixed_size: tupl
     """What a deployment needs to feed the graph and read its output, and where it came from."""
     n = cfg.model.num_classes
     return {"mfmseg_format": ONNX_FORMAT, "mfmseg_version": __version__, "model": cfg.model.name,
-            "classes": json.dumps(class_names(n)),
-            "palette": json.dumps([list(c) for c in CITYSCAPES_PALETTE][:n]),
+            "classes": json.dumps(class_names(n, cfg.data.classes)),
+            "palette": json.dumps(class_palette(n, cfg.data.classes)),
             "mean": json.dumps(list(IMAGENET_MEAN)), "std": json.dumps(list(IMAGENET_STD)),
             "input_layout": INPUT_LAYOUT, "size_multiple": str(model.size_multiple),
             "fixed_size": f"{fixed_size[0]}x{fixed_size[1]}" if fixed_size else "", "output": output,

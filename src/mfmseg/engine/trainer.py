@@ -114,8 +114,8 @@ def val_dataset(cfg: Config) -> SegmentationDataset:
     """`data.val` (labelled or not); without a `data.val.root`, the target's training images for the label-free
     metrics alone (they read no labels, so the images the model adapts on are a fair place to watch it)."""
     if cfg.data.val.root:
-        return build_dataset(cfg.data.val, "val", num_classes=cfg.model.num_classes)
-    return build_dataset(cfg.data.target, "images", num_classes=cfg.model.num_classes)
+        return build_dataset(cfg.data.val, "val", num_classes=cfg.model.num_classes, classes=cfg.data.classes)
+    return build_dataset(cfg.data.target, "images", num_classes=cfg.model.num_classes, classes=cfg.data.classes)
 
 
 def previous_best(work_dir: Path, metric: str | None) -> float | None:
@@ -244,7 +244,7 @@ class Trainer:
         cfg, tc = self.cfg, self.cfg.train
         loader: Iterator[dict] = build_uda_loader(cfg.data, seed=cfg.seed, rank=self.ctx.rank,
                                                   world_size=self.ctx.world_size, start_iter=self.start_iter,
-                                                  num_classes=cfg.model.num_classes,
+                                                  num_classes=cfg.model.num_classes, classes=cfg.data.classes,
                                                   pin_memory=pins_memory(self.device))
         params = [p for p in self.step.parameters() if p.requires_grad]
         bar = tqdm(total=tc.max_iters, initial=self.start_iter, disable=not self.ctx.is_main,
@@ -300,7 +300,8 @@ class Trainer:
             broadcast_state([self.student, self.step.teacher], params=False)
         if visuals:
             report.write_panel(visuals, self.work_dir / "panels" / f"iter_{it + 1:06d}.png",
-                               class_names(self.cfg.model.num_classes), title=f"iteration {it + 1}")
+                               class_names(self.cfg.model.num_classes, self.cfg.data.classes),
+                               title=f"iteration {it + 1}")
         return losses
 
     # ---- logging, evaluation, checkpoints -------------------------------------------------------------------
@@ -326,7 +327,8 @@ class Trainer:
         self.student.eval()
         with torch.no_grad():
             result = evaluate(self.student, self.val_set, self.cfg.eval, device=self.device, progress=False,
-                              ctx=self.ctx, autocast_dtype=self.eval_dtype) if self.val_set.has_labels else {}
+                              ctx=self.ctx, autocast_dtype=self.eval_dtype, classes=self.cfg.data.classes
+                              ) if self.val_set.has_labels else {}
         self.student.train()
         if self.cfg.eval.label_free:
             result["label_free"] = self._label_free()

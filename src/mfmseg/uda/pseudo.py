@@ -46,3 +46,21 @@ def zero_margins(weight: Tensor, margins: Sequence[int]) -> Tensor:
     if right > 0:
         weight[:, :, -right:] = 0
     return weight
+
+
+@torch.no_grad()
+def pseudo_label_accuracy(teacher_logits: Tensor, labels: Tensor, truth: Tensor, threshold: float,
+                          ignore_index: int = 255) -> dict[str, float]:
+    """Analysis only, never a loss: how often the pseudo-labels equal the target's true labels, over all labelled
+    pixels (`pseudo_acc`) and over the confident ones, max probability ≥ τ (`pseudo_acc_conf`). Confirmation bias
+    shows as a teacher that grows more confident (q up) while `pseudo_acc_conf` falls. Empty when the crop has no
+    labelled pixel (an unlabelled target gives all-ignore labels)."""
+    valid = truth != ignore_index
+    if not bool(valid.any()):
+        return {}
+    correct = labels.eq(truth) & valid
+    confident = torch.softmax(teacher_logits.detach().float(), dim=1).amax(dim=1).ge(threshold) & valid
+    out = {"pseudo_acc": int(correct.sum()) / int(valid.sum())}
+    if bool(confident.any()):
+        out["pseudo_acc_conf"] = int((correct & confident).sum()) / int(confident.sum())
+    return out

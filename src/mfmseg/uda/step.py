@@ -27,7 +27,7 @@ from mfmseg.uda.fd import FeatureDistanceLoss
 from mfmseg.uda.mfm import MaskedFeatureModelingLoss
 from mfmseg.uda.mic import MaskedImageConsistencyLoss
 from mfmseg.uda.mixing import class_mix_masks, mix, strong_augment
-from mfmseg.uda.pseudo import normalised_entropy, pseudo_label, zero_margins
+from mfmseg.uda.pseudo import normalised_entropy, pseudo_label, pseudo_label_accuracy, zero_margins
 from mfmseg.uda.target_bn import TargetStatisticsPass
 from mfmseg.uda.term import AuxiliaryLoss, MixedPass, Run, SourcePass, TargetPass, TermOutput, Visuals
 
@@ -117,7 +117,7 @@ class UDAStep(nn.Module):
         self._source_pass(src_img, src_label, run, losses, panel, scaler)
         if self.teacher is not None:
             tgt_img = batch["tgt_img"]
-            labels, weight, entropy = self._pseudo_labels(tgt_img, run, losses)
+            labels, weight, entropy = self._pseudo_labels(tgt_img, run, losses, batch.get("tgt_label"))
             self._mixed_pass(src_img, src_label, tgt_img, labels, weight, run, losses, panel, scaler)
             target = TargetPass(tgt_img, labels, weight, entropy)
             for term in self.terms.values():
@@ -139,14 +139,19 @@ class UDAStep(nn.Module):
         panel.append(lambda: {"src_img": img, "src_label": label})
 
     @torch.no_grad()
-    def _pseudo_labels(self, tgt_img: Tensor, run: Run, losses: dict) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Labels, their weight and, when a term reads it (e.g. `uda.mfm.mask_strategy`), the teacher's entropy."""
+    def _pseudo_labels(self, tgt_img: Tensor, run: Run, losses: dict, truth: Tensor | None = None
+                       ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Labels, their weight and, when a term reads it (e.g. `uda.mfm.mask_strategy`), the teacher's entropy.
+        `truth`, the target crop's labels where the dataset has them, only feeds the logged pseudo-label accuracy:
+        it never reaches a loss."""
         set_teacher_mode(self.teacher)
         with run.autocast():
             logits = self.teacher(tgt_img)  # inference path: HRDA slides its detail windows over the crop
         logits = resize_logits(logits.float(), tuple(tgt_img.shape[-2:]))
         labels, weight = pseudo_label(logits, self.cfg.pseudo_threshold)
         losses["pseudo_q"] = float(weight.flatten()[0])  # read before the margins may zero every pixel
+        if truth is not None:
+            losses.update(pseudo_label_accuracy(logits, labels, truth, self.cfg.pseudo_threshold))
         wants_entropy = any(term.reads_teacher_entropy for term in self.terms.values())
         entropy = normalised_entropy(logits) if wants_entropy else None
         return labels, zero_margins(weight, self.cfg.pseudo_margins), entropy
