@@ -143,3 +143,23 @@ def test_a_class_set_fixes_the_class_count_and_names(tmp_path):
     assert class_names(7, "idd_level1")[3] == "vehicles" and class_palette(7, "idd_level1")[6] == [70, 130, 180]
     assert class_names(3) == ["class_0", "class_1", "class_2"] and len(class_palette(3)) == 3
     assert isinstance(cfg, Config) and isinstance(cfg.data, DataConfig)
+
+
+def test_predict_paints_a_7_class_model_in_its_own_palette_and_refuses_cityscapes_label_ids(tmp_path):
+    import torch
+
+    from mfmseg.config import ModelConfig
+    from mfmseg.engine.predict import predict_images
+    from mfmseg.models.zoo import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="daformer_mitb0", decoder_channels=16, num_classes=7)).eval()
+    cfg = load_config("real_kitti2idd_effl0_dacs", ["data.val.resize=[64,32]"])
+    img = tmp_path / "in" / "a.png"
+    img.parent.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 64, 3), dtype=np.uint8)).save(img)
+    out = predict_images(model, cfg, [str(img)], tmp_path / "color", fmt="color")
+    colours = {tuple(c) for c in np.asarray(Image.open(out[0])).reshape(-1, 3).tolist()}
+    assert colours and colours <= set(IDD_LEVEL1.palette)
+    with pytest.raises(UserError, match="use --format trainid"):
+        predict_images(model, cfg, [str(img)], tmp_path / "ids", fmt="labelid")

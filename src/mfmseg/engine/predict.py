@@ -17,6 +17,7 @@ from mfmseg.config import Config
 from mfmseg.data.datasets import read_image
 from mfmseg.data.labels import TRAIN_ID_TO_CITYSCAPES_ID
 from mfmseg.data.transforms import normalize, target_size
+from mfmseg.engine.evaluate import class_palette
 from mfmseg.engine.inference import infer_labels
 from mfmseg.engine.numerics import autocast, eval_autocast_dtype
 from mfmseg.engine.report import colorize
@@ -68,12 +69,13 @@ def output_names(found: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
     return result
 
 
-def render(pred: np.ndarray, image: Image.Image, fmt: str) -> Image.Image:
+def render(pred: np.ndarray, image: Image.Image, fmt: str, palette: list[list[int]] | None = None) -> Image.Image:
+    """`palette`: the class set's colours (`evaluate.class_palette`); None: Cityscapes'."""
     if fmt == "trainid":
         return Image.fromarray(pred.astype(np.uint8), mode="L")
     if fmt == "labelid":
         return Image.fromarray(TRAIN_ID_TO_CITYSCAPES_ID[np.minimum(pred, 18)].astype(np.uint8), mode="L")
-    color = colorize(pred)
+    color = colorize(pred) if palette is None else colorize(pred, palette)
     if fmt == "color":
         return Image.fromarray(color)
     mixed = np.asarray(image).astype(np.uint16)  # (a + b) // 2 = int(0.5·a + 0.5·b) without float copies
@@ -110,6 +112,10 @@ def predict_images(model: torch.nn.Module, cfg: Config, inputs: list[str], out_d
     created and wrote nothing into is removed, so a failed run leaves no empty folder behind."""
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt} is not one of {', '.join(FORMATS)}")
+    if fmt == "labelid" and cfg.data.classes != "cityscapes":
+        raise UserError(f"--format labelid writes Cityscapes label ids; this model predicts the {cfg.data.classes} "
+                        f"classes: use --format trainid")
+    palette = class_palette(cfg.model.num_classes, cfg.data.classes)
     out_dir = Path(out_dir)
     created = not out_dir.exists()
     check_output_dir(out_dir)
@@ -131,7 +137,7 @@ def predict_images(model: torch.nn.Module, cfg: Config, inputs: list[str], out_d
             with amp:
                 pred = infer_labels(model, x, (image.height, image.width), mode, window, cfg.eval.stride,
                                     cfg.eval.batch_size)[0].cpu().numpy()
-            written.append(atomic_write(out_dir / rel, render(pred, image, fmt).save))
+            written.append(atomic_write(out_dir / rel, render(pred, image, fmt, palette).save))
     finally:
         if created and out_dir.is_dir() and not any(p.is_file() for p in out_dir.rglob("*")):
             shutil.rmtree(out_dir, ignore_errors=True)

@@ -63,11 +63,11 @@ def label_map(t: torch.Tensor) -> np.ndarray | None:
     return t.numpy()
 
 
-def to_rgb(t: torch.Tensor) -> np.ndarray:
-    """One panel cell from whatever the step returned: an image, a label map or a mask."""
+def to_rgb(t: torch.Tensor, palette: Sequence[Sequence[int]] = CITYSCAPES_PALETTE) -> np.ndarray:
+    """One panel cell from whatever the step returned: an image, a label map (in `palette`) or a mask."""
     ids = label_map(t)
     if ids is not None:
-        return colorize(ids)
+        return colorize(ids, palette)
     t = _first_sample(t)
     if _is_image(t):
         return to_uint8(t)
@@ -76,17 +76,19 @@ def to_rgb(t: torch.Tensor) -> np.ndarray:
     return np.repeat((t.float().numpy() * 255).astype(np.uint8)[..., None], 3, axis=2)
 
 
-def shown_classes(visuals: Mapping[str, torch.Tensor], num_classes: int) -> list[int]:
+def shown_classes(visuals: Mapping[str, torch.Tensor], num_classes: int,
+                  palette: Sequence[Sequence[int]] = CITYSCAPES_PALETTE) -> list[int]:
     """The train ids that some label-map cell shows (ignore, 255, and ids beyond the palette are black: left out)."""
     shown: set[int] = set()
     for t in visuals.values():
         ids = label_map(t)
         if ids is not None:
             shown.update(int(i) for i in np.unique(ids))
-    return sorted(i for i in shown if 0 <= i < min(num_classes, len(CITYSCAPES_PALETTE)))
+    return sorted(i for i in shown if 0 <= i < min(num_classes, len(palette)))
 
 
-def panel_figure(visuals: Mapping[str, torch.Tensor], classes: Sequence[str], title: str = "") -> plt.Figure:
+def panel_figure(visuals: Mapping[str, torch.Tensor], classes: Sequence[str], title: str = "",
+                 palette: Sequence[Sequence[int]] = CITYSCAPES_PALETTE) -> plt.Figure:
     """A grid of the first sample of every visual (input, label, pseudo-label, MFM mask, predictions), with a
     legend of the classes the label maps show: colours alone do not say which class is which."""
     items = list(visuals.items())
@@ -96,20 +98,21 @@ def panel_figure(visuals: Mapping[str, torch.Tensor], classes: Sequence[str], ti
     for ax in axes.flat:
         ax.axis("off")
     for ax, (name, t) in zip(axes.flat, items):
-        ax.imshow(to_rgb(t), interpolation="nearest")
+        ax.imshow(to_rgb(t, palette), interpolation="nearest")
         ax.set_title(name, fontsize=9)
     if title:
         fig.suptitle(title)
-    handles = [Patch(color=np.asarray(CITYSCAPES_PALETTE[i]) / 255, label=classes[i])
-               for i in shown_classes(visuals, len(classes))]
+    handles = [Patch(color=np.asarray(palette[i]) / 255, label=classes[i])
+               for i in shown_classes(visuals, len(classes), palette)]
     if handles:
         fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(handles), 8),
                    fontsize=8, frameon=False)
     return fig
 
 
-def write_panel(visuals: Mapping[str, torch.Tensor], path: Path, classes: Sequence[str], title: str = "") -> Path:
-    _save(panel_figure(visuals, classes, title), Path(path))
+def write_panel(visuals: Mapping[str, torch.Tensor], path: Path, classes: Sequence[str], title: str = "",
+                palette: Sequence[Sequence[int]] = CITYSCAPES_PALETTE) -> Path:
+    _save(panel_figure(visuals, classes, title, palette), Path(path))
     return Path(path)
 
 

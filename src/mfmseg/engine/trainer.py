@@ -32,7 +32,7 @@ from mfmseg.engine.checkpoint import (TRAIN_FORMAT, TRAIN_SECTIONS, atomic_torch
                                       load_train_checkpoint, rng_state, run_info, set_rng_state, state_health)
 from mfmseg.engine.distributed import (DistContext, all_ranks_agree, allreduce_gradients, broadcast_state,
                                        init_distributed, shutdown_distributed)
-from mfmseg.engine.evaluate import class_names, evaluate
+from mfmseg.engine.evaluate import class_names, class_palette, evaluate
 from mfmseg.engine.numerics import AMP_DTYPES, eval_autocast_dtype, set_numerics
 from mfmseg.engine.export import save_inference_model
 from mfmseg.engine.label_free import METRICS, label_free_metrics, source_distribution_of
@@ -301,7 +301,8 @@ class Trainer:
         if visuals:
             report.write_panel(visuals, self.work_dir / "panels" / f"iter_{it + 1:06d}.png",
                                class_names(self.cfg.model.num_classes, self.cfg.data.classes),
-                               title=f"iteration {it + 1}")
+                               title=f"iteration {it + 1}",
+                               palette=class_palette(self.cfg.model.num_classes, self.cfg.data.classes))
         return losses
 
     # ---- logging, evaluation, checkpoints -------------------------------------------------------------------
