@@ -16,7 +16,7 @@
 # - stages in priority order (each is one sweep folder; what the CPU does not reach is listed in the report):
 #   main      DACS and DACS + MFM, seeds 0-2 (seed-major, so that every finished seed is a complete pair)
 #   bnpass    DACS + uda.target_bn_pass, seeds 0-2
-#   source    source-only, seeds 1-2 (seed 0 is the pilot)
+#   source    source-only, seeds 1-2 (seed 0 is the pilot's run of the chosen direction)
 #   normeval  DACS and DACS + MFM with model.norm_eval=true, seeds 0-2
 set -euo pipefail
 KITTI=${1:?clone of ika-rwth-aachen/acdc-notebooks}
@@ -53,7 +53,7 @@ for stage in $STAGES; do
             sweep "dacs=${P}_dacs" "dacs_bnpass=${P}_dacs uda.target_bn_pass=true" --seeds 0 1 2 --baseline dacs \
                 --out "$OUT/main" ;;
         source)
-            sweep "dacs=${P}_dacs" "source_only=${P}_source_only" --seeds 0 1 2 --baseline dacs --out "$OUT/main" ;;
+            sweep "source_only=${P}_source_only" --seeds 1 2 --out "$OUT/main" ;;  # seed 0: the pilot's run
         normeval)
             sweep "dacs_ne=${P}_dacs model.norm_eval=true" "dacs_mfm_ne=${P}_dacs_mfm model.norm_eval=true" \
                 --seeds 0 1 2 --baseline dacs_ne --out "$OUT/normeval" ;;
