@@ -1,5 +1,6 @@
-# Sourced by the study scripts (docs/study_mfm.sh, study_mfm_long.sh, label_free_study.sh): the built-in synthetic
-# benchmark of seed 0 under $OUT/data, written and prepared once, and ROOTS, the sweep options that point at it.
+# Sourced by the study scripts (studies/mfm/study_mfm.sh, mfm/study_mfm_long.sh, label_free/label_free_study.sh):
+# the built-in synthetic benchmark of seed 0 under $OUT/data, written and prepared once, and ROOTS, the sweep
+# options that point at it.
 DATA=$OUT/data
 if [[ ! -f $DATA/gta/sample_class_stats.json ]]; then
     mfmseg synth --out "$DATA" --seed 0

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def load_script(relative: str) -> ModuleType:
-    """Import a script that is not part of the package (benchmarks/, docs/) so its functions can be tested."""
+    """Import a script that is not part of the package (benchmarks/) so its functions can be tested."""
     path = REPO / relative
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)

@@ -1,6 +1,6 @@
 """How well does each label-free metric pick checkpoints? (docs/label_free.md, issue 19)
 
-    python docs/label_free_study.py label_free_study/sweep [more sweep folders or run dirs]
+    python studies/label_free/label_free_study.py label_free_study/sweep [more sweep folders or run dirs]
 
 Reads every run's `metrics.jsonl` (evaluations that logged both the true mIoU and the label-free metrics) and prints,
 per metric: the Spearman rank correlation with true mIoU over all evaluations pooled and within each run (mean over

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The MFM study of docs/study_mfm.md, resumable: re-run the same command to continue a killed sweep.
-#   bash docs/study_mfm.sh [OUT]      (two runs at a time, one thread each; hours on a 2-core CPU)
+# The MFM study of studies/mfm/README.md, resumable: re-run the same command to continue a killed sweep.
+#   bash studies/mfm/study_mfm.sh [OUT]      (two runs at a time, one thread each; hours on a 2-core CPU)
 set -euo pipefail
 OUT=${1:-study_mfm}
-source "$(dirname "$0")/study_data.sh"  # $DATA and ROOTS
+source "$(dirname "$0")/../study_data.sh"  # $DATA and ROOTS
 P=synthetic_effl0_dacs_mfm
 LONG="train.max_iters=800 train.eval_interval=400 train.checkpoint_interval=400"
 mfmseg sweep source_only=synthetic_effl0_source_only dacs=synthetic_effl0_dacs dacs_mfm=$P \

@@ -1,6 +1,6 @@
-"""Figures and tables of docs/study_mfm.md from a finished (or running) `mfmseg sweep` folder.
+"""Figures and tables of studies/mfm/README.md from a finished (or running) `mfmseg sweep` folder.
 
-    python docs/study_mfm_figures.py study_mfm/sweep --out docs/figures
+    python studies/mfm/study_mfm_figures.py study_mfm/sweep --out studies/mfm/figures
 
 Prints the seed-paired summary table of every label with finished runs (the sweep's own aggregation, so runs
 from several `mfmseg sweep` invocations into one folder are reported together), then reads every run's

@@ -1,8 +1,9 @@
-"""Tables and figures of the long-schedule MFM study (docs/study_mfm.md, issue 16) from its sweep folders.
+"""Tables and figures of the long-schedule MFM study (studies/mfm/README.md, issue 16) from its sweep folders.
 
-    python docs/study_mfm_long.py study_mfm_long/sweep_long study_mfm_long/sweep_normeval --out docs/figures
-    python docs/study_mfm_long.py docs/study_runs/issue16/sweep_a docs/study_runs/issue16/sweep_b \
-        --recorded docs/study_runs/issue16/lost_logs.json --out docs/figures      # the study's own tables
+    python studies/mfm/study_mfm_long.py study_mfm_long/sweep_long study_mfm_long/sweep_normeval \
+        --out studies/mfm/figures
+    python studies/mfm/study_mfm_long.py studies/mfm/runs/issue16/sweep_a studies/mfm/runs/issue16/sweep_b \
+        --recorded studies/mfm/runs/issue16/lost_logs.json --out studies/mfm/figures      # the study's own tables
 
 Reads every run's `metrics.jsonl`, finished or not (a run still training, or stopped when the CPU budget ran out,
 contributes the evaluations it reached, marked as partial), plus `--recorded` runs whose logs were lost (their

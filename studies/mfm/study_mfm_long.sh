@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The long-schedule MFM study of docs/study_mfm.md (issue 16), resumable: re-run the same command to continue.
-#   bash docs/study_mfm_long.sh [OUT] [STAGE...]      (two runs at a time, one thread each; many hours on 2 cores)
+# The long-schedule MFM study of studies/mfm/README.md (issue 16), resumable: re-run the same command to continue.
+#   bash studies/mfm/study_mfm_long.sh [OUT] [STAGE...]   (two runs at a time, one thread each; many hours on 2 cores)
 # Settings fixed before any run started (2026-11-30 17:53 UTC):
 # - schedule: 2000 iterations (poly to 0, 50 warm-up), evaluated and checkpointed every 400. The pilot is the
 #   DACS-only run of issue 16 (1500 iterations, seed 0: q 0.58-0.61 over iterations 1000-1500, just below the
@@ -19,7 +19,7 @@ set -euo pipefail
 OUT=${1:-study_mfm_long}
 shift || true
 STAGES=${*:-main bnpass normeval mask mechanism}
-source "$(dirname "$0")/study_data.sh"  # $DATA and ROOTS
+source "$(dirname "$0")/../study_data.sh"  # $DATA and ROOTS
 D=synthetic_effl0_dacs
 P=synthetic_effl0_dacs_mfm
 LONG="train.max_iters=2000 train.eval_interval=400 train.checkpoint_interval=400 train.panel_interval=1000"

@@ -1,16 +1,15 @@
-"""The label-free validation study's analysis (docs/label_free_study.py) on logs with answers worked out by hand."""
+"""The label-free validation study's analysis (studies/label_free/label_free_study.py) on logs with answers worked
+out by hand."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-from conftest import load_script
-
 
 @pytest.fixture(scope="module")
-def lfs():
-    return load_script("docs/label_free_study.py")
+def lfs(study_script):
+    return study_script("label_free/label_free_study.py")
 
 
 def write_run(folder: Path, mious: list[float], im: list[float], finished: bool = True) -> None:

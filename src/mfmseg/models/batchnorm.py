@@ -2,7 +2,7 @@
 
 A BatchNorm in train mode normalises with the batch's statistics and moves its running statistics (what
 evaluation uses) toward them. In UDA every extra train-mode pass over target images therefore shifts the
-evaluation statistics toward the target domain (AdaBN's effect; docs/study_mfm.md measured it as the one thing
+evaluation statistics toward the target domain (AdaBN's effect; studies/mfm/README.md measured it as the one thing
 MFM's extra pass bought on a BatchNorm encoder). Three places need control over that:
 
 - `frozen_bn_statistics`: a pass that should normalise with its batch but leave the running statistics alone

@@ -267,7 +267,7 @@ class MaskedFeatureModelingLoss(AuxiliaryLoss):
         if self.cfg.domain not in ("target", "both"):
             return None
         # freeze_encoder_bn: the extra clean-target pass must not move the encoder's BatchNorm statistics toward
-        # the target domain (docs/study_mfm.md: at 400 iterations that side effect, not MFM's gradient, helped)
+        # the target domain (studies/mfm/README.md: at 400 iterations that side effect, not MFM's gradient, helped)
         # encoder_bn_eval: nor may its gradient see the all-target batch's statistics (the study's mechanism test)
         stats = (bn_eval_mode(student) if self.cfg.encoder_bn_eval else
                  frozen_bn_statistics(student) if self.cfg.freeze_encoder_bn else contextlib.nullcontext())

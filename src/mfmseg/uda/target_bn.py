@@ -2,7 +2,7 @@
 
 AdaBN (Li et al., 2016, "Revisiting Batch Normalization For Practical Domain Adaptation") replaces a network's
 BatchNorm statistics with the target domain's. In DACS every train-mode pass sees source or ClassMix images, so the
-running statistics that evaluation uses are mostly the source domain's. docs/study_mfm.md found that MFM's extra
+running statistics that evaluation uses are mostly the source domain's. studies/mfm/README.md found that MFM's extra
 clean-target pass helped a BatchNorm network through exactly this side effect (λ = 0 beat DACS on 6/6 seeds), not
 through its loss. This term is that side effect as a first-class option: one train-mode student forward of the
 clean target crop per iteration without a gradient, so it moves the BatchNorm running statistics (encoder and
