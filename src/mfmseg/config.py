@@ -124,7 +124,8 @@ class MFMConfig:
     # sharing the mixed-loss encoder pass: no extra encoder pass, labels = the mixed labels and weights)
     domain: str = "target"
     lr: float = 2e-4
-    # controls of the MFM study (docs/study_mfm.md), not the paper's method:
+    # switches beyond the paper's method, off by default: what each does, when to use it and what the MFM study
+    # measured are in docs/training.md ("Switches beyond the paper's method")
     rebuild: bool = True  # false = "masking without a Rebuilder" (paper ablation): masked positions are zeroed
     freeze_decoder_bn: bool = False  # the MFM decode leaves the decoder's BatchNorm running statistics unchanged
     freeze_encoder_bn: bool = False  # the MFM pass's encoder forward leaves the BatchNorm running statistics unchanged
@@ -149,7 +150,7 @@ class UDAConfig:
     mic: MICConfig = field(default_factory=MICConfig)
     mfm: MFMConfig = field(default_factory=MFMConfig)
     # one no-grad, train-mode student forward of the clean target crop per iteration: it only moves BatchNorm
-    # running statistics toward the target domain (AdaBN-style; docs/study_mfm.md)
+    # running statistics toward the target domain (AdaBN-style; docs/training.md)
     target_bn_pass: bool = False
 
 
