@@ -14,8 +14,8 @@
 #   direction whose source-only mIoU on its target val is lower (the larger shift to adapt), a tie (< 2 points)
 #   going to KITTI -> IDD for its 4x larger validation set (204 vs 50 images) and 9x larger unlabelled target.
 # - stages in priority order (each is one sweep folder; what the CPU does not reach is listed in the report):
-#   main      DACS and DACS + MFM, seeds 0-2 (seed-major, so that every finished seed is a complete pair)
-#   bnpass    DACS + uda.target_bn_pass, seeds 0-2
+#   main      DACS, DACS + MFM and DACS + uda.target_bn_pass, seeds 0-2, in one sweep (seed-major: every finished
+#             seed is a complete triple, and a freed slot takes the next run at once)
 #   source    source-only, seeds 1-2 (seed 0 is the pilot's run of the chosen direction)
 #   normeval  DACS and DACS + MFM with model.norm_eval=true, seeds 0-2
 set -euo pipefail
@@ -23,7 +23,7 @@ KITTI=${1:?clone of ika-rwth-aachen/acdc-notebooks}
 IDD=${2:?clone of ssg8288/IDD}
 OUT=${3:-study_real}
 shift 3 || true
-STAGES=${*:-pilot main bnpass source normeval}
+STAGES=${*:-pilot main source normeval}
 DIR=${PAIR:-kitti2idd}  # the direction the pilot chose (studies/real_images/README.md)
 here=$(dirname "$0")
 python "$here/make_layouts.py" --kitti "$KITTI" --idd "$IDD" --out "$OUT/data"
@@ -46,12 +46,8 @@ for stage in $STAGES; do
                 --out "$OUT/pilot_idd2kitti" &
             wait ;;
         main)
-            for s in 0 1 2; do
-                sweep "dacs=${P}_dacs" "dacs_mfm=${P}_dacs_mfm" --seeds $s --baseline dacs --out "$OUT/main"
-            done ;;
-        bnpass)
-            sweep "dacs=${P}_dacs" "dacs_bnpass=${P}_dacs uda.target_bn_pass=true" --seeds 0 1 2 --baseline dacs \
-                --out "$OUT/main" ;;
+            sweep "dacs=${P}_dacs" "dacs_mfm=${P}_dacs_mfm" "dacs_bnpass=${P}_dacs uda.target_bn_pass=true" \
+                --seeds 0 1 2 --baseline dacs --out "$OUT/main" ;;
         source)
             sweep "source_only=${P}_source_only" --seeds 1 2 --out "$OUT/main" ;;  # seed 0: the pilot's run
         normeval)
