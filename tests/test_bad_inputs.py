@@ -254,15 +254,47 @@ def _each_iteration_once(last: int) -> Callable[[Ctx], None]:
 
 
 def _old_log(c: Ctx) -> None:
-    """A work dir left by a run that failed (or was killed) before its first checkpoint."""
-    (c.tmp / "wd" / "tb").mkdir(parents=True)
-    (c.tmp / "wd" / "tb" / "events.out.tfevents.old").write_text("")
-    (c.tmp / "wd" / "metrics.jsonl").write_text('{"kind": "train", "iter": 1, "loss": 99.0}\n')
+    """A work dir left by a run killed before its first checkpoint (a finished run less its checkpoints), and in
+    its tb/ another experiment's events, which no run of this work dir wrote."""
+    assert main(c.train("wd")) == 0
+    for name in ("latest.pth", "previous.pth", "best.pth", "summary.json"):
+        (c.tmp / "wd" / name).unlink(missing_ok=True)
+    (c.tmp / "old_events").write_text("\n".join(p.name for p in (c.tmp / "wd" / "tb").iterdir()))
+    (c.tmp / "wd" / "tb" / "other").mkdir()
+    (c.tmp / "wd" / "tb" / "other" / "events.out.tfevents.1").write_text("theirs")
 
 
 def _fresh_log(c: Ctx) -> None:
     assert _iterations(c, "wd") == [1, 2]
-    assert not (c.tmp / "wd" / "tb" / "events.out.tfevents.old").exists()
+    left = {p.name for p in (c.tmp / "wd" / "tb").iterdir()}
+    assert not left & set((c.tmp / "old_events").read_text().split()), "the killed run's events were kept"
+    assert (c.tmp / "wd" / "tb" / "other" / "events.out.tfevents.1").read_text() == "theirs"
+
+
+def _project_folder(metrics: bool) -> Callable[[Ctx], None]:
+    """A user's project folder: another experiment's TensorBoard events under tb/, notes, and (`metrics`) a
+    metrics.jsonl and tb/mine.txt of their own; `emptyval/` makes the run fail once it has started."""
+    def setup(c: Ctx) -> None:
+        (c.tmp / "proj" / "tb" / "other_experiment").mkdir(parents=True)
+        (c.tmp / "proj" / "tb" / "other_experiment" / "events.out.tfevents.1").write_text("theirs")
+        (c.tmp / "proj" / "notes.txt").write_text("mine")
+        if metrics:
+            (c.tmp / "proj" / "metrics.jsonl").write_text('{"mine": 1}\n')
+            (c.tmp / "proj" / "tb" / "mine.txt").write_text("mine")
+        (c.tmp / "emptyval").mkdir()
+    return setup
+
+
+def _project_untouched(metrics: bool) -> Callable[[Ctx], None]:
+    """Every file of `_project_folder(metrics)` as it was, and nothing added."""
+    def check(c: Ctx) -> None:
+        files = {p.relative_to(c.tmp / "proj").as_posix(): p.read_text() for p in (c.tmp / "proj").rglob("*")
+                 if p.is_file()}
+        expected = {"tb/other_experiment/events.out.tfevents.1": "theirs", "notes.txt": "mine"}
+        if metrics:
+            expected |= {"metrics.jsonl": '{"mine": 1}\n', "tb/mine.txt": "mine"}
+        assert files == expected
+    return check
 
 
 def _own_dir(c: Ctx) -> None:
@@ -475,7 +507,13 @@ CASES = [
     Case("diverged-before-checkpoint-own-dir", lambda c: c.train("keep", "optim.lr=1e30", "optim.warmup_iters=0",
                                                                  "train.max_iters=6", "train.checkpoint_interval=5"),
          2, "no checkpoint was saved", setup=_own_dir, check=_own_dir_only, slow=True),
-    Case("rerun-after-failed-run", lambda c: c.train("wd"), 0, "done", setup=_old_log, check=_fresh_log, slow=True),
+    Case("rerun-after-killed-run", lambda c: c.train("wd"), 0, "done", setup=_old_log, check=_fresh_log, slow=True),
+    # a fresh run removes only the logs a run of its work dir recorded writing: another experiment's tb/ events
+    # stay, a metrics.jsonl no run wrote is refused, not deleted; a run that fails leaves the folder as it was
+    Case("failed-run-keeps-others-tb", lambda c: c.train("proj", f"data.val.root={c.tmp / 'emptyval'}"), 2,
+         "missing folder", setup=_project_folder(False), check=_project_untouched(False)),
+    Case("fresh-run-refuses-foreign-metrics", lambda c: c.train("proj", f"data.val.root={c.tmp / 'emptyval'}"), 2,
+         "metrics.jsonl was not written", setup=_project_folder(True), check=_project_untouched(True)),
     Case("eval-fails-after-checkpoint", lambda c: c.train("wd", f"data.val.root={c.tmp / 'val'}"), 2,
          "cannot read label", setup=_bad_val_labels, check=_checkpoint_kept(2), slow=True),
     # 5. divergence: the message offers checkpoints that are finite, and does not claim they are healthy
@@ -581,6 +619,17 @@ def test_bug_keeps_its_traceback(monkeypatch):
         main(["models"])
 
 
+def test_default_val_root_names_its_key(tmp_path, tiny_benchmark, monkeypatch, capsys):
+    """Without data.val.root the preset's default path (data/synthetic/cityscapes, relative) is read: the message
+    names the key to set, before any work dir exists."""
+    monkeypatch.chdir(tmp_path)
+    argv = [a for a in tiny(tiny_benchmark, tmp_path / "wd") if not a.startswith("data.val.root=")]
+    assert main(["train", "synthetic_dacs", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error: ") == 1 and "data.val.root=data/synthetic/cityscapes does not exist" in err, err
+    assert not (tmp_path / "wd").exists()
+
+
 def test_out_of_memory_is_a_user_error():
     from mfmseg.errors import user_message
 
@@ -636,6 +685,21 @@ def test_interrupted_prepare_leaves_no_workers(sig, tmp_path):
     assert not list(tmp_path.rglob("*.tmp*"))
 
 
+def _signal_after_checkpoint(argv: list[str], tmp_path: Path, sig: int) -> tuple[subprocess.Popen, list[int]]:
+    """Start the training `argv` (log in tmp_path/log.txt), send it `sig` once its second checkpoint is saved (so
+    latest.pth is complete) and wait for it; returns the process and the children it had then (its workers)."""
+    with open(tmp_path / "log.txt", "w") as log:
+        proc = subprocess.Popen(argv, env=ENV, stdout=log, stderr=log)
+        deadline = time.time() + 240
+        while (not (tmp_path / "run" / "previous.pth").exists() and proc.poll() is None
+               and time.time() < deadline):
+            time.sleep(0.2)
+        children = _children(proc.pid)
+        proc.send_signal(sig)
+        proc.wait()
+    return proc, children
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_run_resumes(sig, tmp_path, tiny_benchmark):
@@ -644,14 +708,7 @@ def test_killed_run_resumes(sig, tmp_path, tiny_benchmark):
     argv = [sys.executable, "-m", "mfmseg", "train", "synthetic_dacs",
             *tiny(tiny_benchmark, tmp_path / "run", "train.max_iters=40", "train.checkpoint_interval=1",
                   "train.eval_interval=0")]
-    with open(tmp_path / "log.txt", "w") as log:
-        proc = subprocess.Popen(argv, env=ENV, stdout=log, stderr=log)
-        deadline = time.time() + 240
-        while (not (tmp_path / "run" / "previous.pth").exists() and proc.poll() is None
-               and time.time() < deadline):
-            time.sleep(0.2)
-        proc.send_signal(sig)
-        proc.wait()
+    proc, _ = _signal_after_checkpoint(argv, tmp_path, sig)
     text = (tmp_path / "log.txt").read_text()
     if sig == signal.SIGTERM:
         assert proc.returncode == 143 and text.strip().splitlines()[-1] == "terminated", text[-2000:]
@@ -661,3 +718,24 @@ def test_killed_run_resumes(sig, tmp_path, tiny_benchmark):
     assert out.returncode == 0, out.stderr[-2000:]
     assert load_train_checkpoint(tmp_path / "run" / "latest.pth")["iteration"] == 40
     assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]
+
+
+@pytest.mark.slow
+def test_resume_right_after_kill_with_workers(tmp_path, tiny_benchmark):
+    """kill -9 of a run with a DataLoader worker: the orphaned worker lives on for seconds (until it notices its
+    parent is gone), and it must not hold the work dir's lock: the lock is free at once and the run resumes."""
+    from mfmseg.files import exclusive_lock
+
+    argv = [sys.executable, "-m", "mfmseg", "train", "synthetic_dacs",
+            *tiny(tiny_benchmark, tmp_path / "run", "train.max_iters=200", "train.checkpoint_interval=1",
+                  "train.eval_interval=0", "data.num_workers=1")]
+    _, workers = _signal_after_checkpoint(argv, tmp_path, signal.SIGKILL)
+    assert workers, (tmp_path / "log.txt").read_text()[-2000:]
+    orphans = [w for w in workers if _alive(w)]
+    with exclusive_lock(tmp_path / "run" / "train.lock", "work_dir", "wait"):  # not "in use by <the dead PID>"
+        print(f"lock taken with {len(orphans)} orphaned worker(s) alive")
+    done = load_train_checkpoint(tmp_path / "run" / "latest.pth")["iteration"]
+    out = subprocess.run(argv + ["train.resume=true", f"train.max_iters={done + 1}"], env=ENV, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert load_train_checkpoint(tmp_path / "run" / "latest.pth")["iteration"] == done + 1

@@ -127,12 +127,33 @@ def _same_file(fd: int, path: Path) -> bool:
         return False
 
 
+_HELD_LOCKS: set[int] = set()  # descriptors of the locks this process holds (exclusive_lock)
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child (a DataLoader worker, a pool process): close the lock descriptors it inherited. A flock
+    belongs to the open file, which fork shares (close-on-exec does not apply: workers never exec), so a worker
+    that outlives its killed parent by the seconds it takes to notice would hold the run's lock until it exits.
+    Closing the child's copy does not unlock the parent's."""
+    for fd in _HELD_LOCKS:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 @contextmanager
 def exclusive_lock(path: str | os.PathLike, what: str, advice: str) -> Iterator[None]:
     """Hold `path` (a lock file holding this PID) with `flock` for the duration, or refuse at once naming the
     holder's PID. The kernel drops the lock when its process dies, kill -9 included, so a killed run never leaves
-    it stuck: a stale file is simply locked again. The file is removed on release; a process that opened it just
-    before (and so locked a file no longer in the folder) notices and locks the new one."""
+    it stuck: a stale file is simply locked again. The lock belongs to this process alone: forked children (the
+    DataLoader's workers) close their copy at once (`_drop_inherited_locks`), so a worker orphaned by kill -9 does
+    not hold it. The file is removed on release; a process that opened it just before (and so locked a file no
+    longer in the folder) notices and locks the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
@@ -146,6 +167,7 @@ def exclusive_lock(path: str | os.PathLike, what: str, advice: str) -> Iterator[
         if _same_file(fd, path):
             break
         os.close(fd)
+    _HELD_LOCKS.add(fd)
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -153,6 +175,7 @@ def exclusive_lock(path: str | os.PathLike, what: str, advice: str) -> Iterator[
     finally:
         if _same_file(fd, path):
             path.unlink()
+        _HELD_LOCKS.discard(fd)
         os.close(fd)
 
 

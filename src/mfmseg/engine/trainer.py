@@ -210,17 +210,31 @@ class Trainer:
         return ckpt
 
     def _write_run_files(self) -> None:
-        """config.yaml (what this run really trains, resume overrides included) and run_info.json."""
+        """config.yaml (what this run really trains, resume overrides included) and run_info.json, which also lists
+        the logs this run of the work dir appends to (`LOGS_KEY`: a resume keeps the earlier runs' list), before it
+        writes them."""
         if self.ctx.is_main:
             atomic_write_text(self.work_dir / "config.yaml", to_yaml(self.cfg))
-            _write_json(self.work_dir / "run_info.json", {**run_info(), "world_size": self.ctx.world_size})
+            logs = written_logs(self.work_dir) if self.cfg.train.resume else []
+            self.logs = sorted({*logs, "metrics.jsonl"})
+            self._write_run_info()
+
+    def _write_run_info(self) -> None:
+        _write_json(self.work_dir / "run_info.json",
+                    {**run_info(), "world_size": self.ctx.world_size, LOGS_KEY: self.logs})
 
     def _tensorboard(self):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is a dependency, but never let logging kill a run
             return None
-        return SummaryWriter(str(self.work_dir / "tb"))
+        tb = self.work_dir / "tb"
+        before = set(tb.rglob("*")) if tb.is_dir() else set()
+        writer = SummaryWriter(str(tb))
+        new = sorted(p.relative_to(self.work_dir).as_posix() for p in set(tb.rglob("*")) - before if p.is_file())
+        self.logs = sorted({*self.logs, *new})  # its event file: a later fresh run may remove it
+        self._write_run_info()
+        return writer
 
     def _resume(self, ckpt: dict) -> int:
         """Restore the run; the config's allowed changes (lr, weight decay, schedule) take effect."""
@@ -443,27 +457,71 @@ class Trainer:
 
 
 LOCK = "train.lock"  # held by rank 0 for the whole run (files.exclusive_lock)
-STALE = ("metrics.jsonl", "tb")  # what a run appends to: a failed or killed run's copies must not be continued
+LOGS_KEY = "logs"  # run_info.json: the files the runs of this work dir append to (metrics.jsonl, tb/ event files)
 
 
-def _remove(work_dir: Path, names: object) -> None:
-    for name in names:
-        path = work_dir / str(name)
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        elif path.exists() or path.is_symlink():
+def written_logs(work_dir: Path) -> list[str]:
+    """The logs that runs of `work_dir` recorded writing (run_info.json), relative paths inside it; [] without a
+    readable record. Only these are ever removed: a file the user (or another tool) put there is never ours."""
+    try:
+        logs = json.loads((work_dir / "run_info.json").read_text()).get(LOGS_KEY, [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [p for p in logs if isinstance(p, str) and p and not Path(p).is_absolute() and ".." not in Path(p).parts]
+
+
+def _remove_logs(work_dir: Path, logs: list[str]) -> None:
+    """Remove the recorded logs, then the folders (tb/) that removing them left empty."""
+    for rel in logs:
+        path = work_dir / rel
+        if path.is_file() or path.is_symlink():
             path.unlink()
+    for folder in sorted({(work_dir / rel).parent for rel in logs}, key=lambda p: -len(p.parts)):
+        if folder != work_dir and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def _start_fresh_logs(work_dir: Path) -> None:
+    """A fresh run (not `train.resume`, no latest.pth) must not continue the rows of a run that failed or was
+    killed here: remove the logs an earlier run of this work dir recorded writing, and nothing else (another
+    experiment's tb/ folder, the user's own files stay). A metrics.jsonl no run recorded is someone else's: the run
+    refuses to start rather than append to it or delete it."""
+    logs = written_logs(work_dir)
+    if (work_dir / "metrics.jsonl").exists() and "metrics.jsonl" not in logs:
+        raise UserError(f"{work_dir / 'metrics.jsonl'} was not written by an mfmseg run in this work dir (no "
+                        f"{LOGS_KEY} record in run_info.json): move it away, or choose another work_dir=")
+    _remove_logs(work_dir, logs)
 
 
 def _remove_unfinished(work_dir: Path, before: set[str] | None) -> None:
     """Without a checkpoint, what a failed run wrote (config.yaml, metrics.jsonl, run_info.json, tb/) looks like
-    a run but is none: remove the work dir when this run created it (`before` None), else what it added."""
+    a run but is none: remove the work dir when this run created it (`before` None), else what it added: its
+    recorded logs (also inside a tb/ that was there before) and the names that were not in the folder."""
     if not work_dir.is_dir() or (work_dir / "latest.pth").exists():
         return
     if before is None:
         shutil.rmtree(work_dir, ignore_errors=True)
-    else:
-        _remove(work_dir, set(os.listdir(work_dir)) - before - {LOCK})
+        return
+    _remove_logs(work_dir, written_logs(work_dir))
+    for name in set(os.listdir(work_dir)) - before - {LOCK}:
+        path = work_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def check_data_roots(cfg: Config) -> None:
+    """Every dataset root the run reads exists, named by its key: a root the user did not set is the preset's
+    default (data/cityscapes), and "does not exist" alone would not say which key to set."""
+    used = [("source", cfg.data.source), ("target", cfg.data.target)]
+    if cfg.train.eval_interval >= 0 and cfg.data.val.root:
+        used.append(("val", cfg.data.val))
+    for name, data in used:
+        if data.root and not os.path.lexists(data.root):
+            hint = (" (or data.val.root= empty: label-free metrics on the target's images)" if name == "val" else "")
+            raise UserError(f"data.{name}.root={data.root} does not exist (the preset's default unless you set "
+                            f"it): set data.{name}.root= to the folder of the {data.kind} dataset{hint}")
 
 
 def _train(cfg: Config, stop_after: int | None) -> dict:
@@ -484,6 +542,7 @@ def train(cfg: Config, stop_after: int | None = None) -> dict:
     writes anything. A fresh run starts its log anew (a failed run's rows are not continued), and a run that fails
     before its first checkpoint leaves nothing behind."""
     work_dir = Path(cfg.work_dir)
+    check_data_roots(cfg)
     if os.environ.get("RANK", "0") != "0":
         return _train(cfg, stop_after)
     check_output_dir(work_dir, "work_dir")
@@ -491,7 +550,7 @@ def train(cfg: Config, stop_after: int | None = None) -> dict:
     with exclusive_lock(work_dir / LOCK, f"work_dir {work_dir}",
                         "another `mfmseg train` is writing it; wait for it to end, or choose another work_dir="):
         if not cfg.train.resume and not (work_dir / "latest.pth").exists():
-            _remove(work_dir, STALE)
+            _start_fresh_logs(work_dir)
         before = None if created else set(os.listdir(work_dir))
         try:
             return _train(cfg, stop_after)
