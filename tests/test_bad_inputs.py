@@ -81,6 +81,16 @@ def _pickled_code(c: Ctx) -> None:
     torch.save({"x": Evil()}, c.tmp / "evil.pth")
 
 
+def _onnx_as_pth(c: Ctx) -> None:
+    """A (tiny, real) ONNX model saved under a .pth name."""
+    helper = pytest.importorskip("onnx.helper")
+    from onnx import TensorProto
+
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in "xy"]
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", io[:1], io[1:])
+    (c.tmp / "m.pth").write_bytes(helper.make_model(graph, producer_name="pytorch").SerializeToString())
+
+
 def _no_dir(name: str) -> Callable[[Ctx], None]:
     def check(c: Ctx) -> None:
         assert not (c.tmp / name).exists(), f"{name} was created"
@@ -430,6 +440,13 @@ CASES = [
          "not a PyTorch file", setup=_write("t.txt", b"hello world\n")),
     Case("pickled-code", lambda c: ["evaluate", str(c.tmp / "evil.pth"), "--device", "cpu"], 2,
          "contains pickled code, refusing to load it", setup=_pickled_code),
+    # a file that is not a checkpoint is named for what it is, never "pickled code" for its first byte
+    Case("notes-as-checkpoint", lambda c: ["evaluate", str(c.tmp / "n.pth"), "--device", "cpu"], 2,
+         "a text file, not a PyTorch file", setup=_write("n.pth", b"# my notes\nsee the README\n")),
+    Case("yaml-as-checkpoint", lambda c: ["export", str(c.tmp / "c.pth"), "--out", str(c.tmp / "m.pth")], 2,
+         "a YAML file (a config?)", setup=_write("c.pth", b"model:\n  name: daformer_mitb0\ntrain: {}\n")),
+    Case("onnx-as-checkpoint", lambda c: ["evaluate", str(c.tmp / "m.pth"), "--device", "cpu"], 2,
+         "an ONNX model: use the .onnx suffix", setup=_onnx_as_pth),
     Case("empty-checkpoint", lambda c: ["predict", str(c.tmp / "e.pth"), str(c.tmp), "--out", str(c.tmp / "o")],
          2, "truncated", setup=_write("e.pth", b"")),
     Case("missing-checkpoint", lambda c: ["export", str(c.tmp / "nope.pth"), "--out", str(c.tmp / "m.pth")], 2,

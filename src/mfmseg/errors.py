@@ -10,6 +10,7 @@ so that the library and the CLI share one rule instead of each command catching 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import signal
 import threading
@@ -103,17 +104,81 @@ def user_message(e: BaseException) -> str | None:
     return None
 
 
-def describe_load_failure(e: BaseException) -> str:
-    """Why `torch.load(weights_only=True)` refused a file, in words the user can act on."""
+NOT_TORCH = "not a PyTorch file (neither a zip archive nor a pickle)"
+_ONNX_FIELDS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72}  # ModelProto tags that follow ir_version
+
+
+def what_file_is(path: str | os.PathLike) -> str | None:
+    """What a file that torch could not load is, when its first bytes say so: an ONNX model, a safetensors file,
+    an image, JSON, YAML or other text. None for torch's own formats (a zip archive, a binary pickle), an empty
+    file, or anything not recognised: those are described by the loader's error."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+        size = os.path.getsize(path)
+    except OSError:
+        return None
+    if not head or head.startswith((b"PK\x03\x04", b"\x80")):
+        return None
+    if head.startswith(b"\x89PNG") or head.startswith(b"\xff\xd8\xff"):
+        return f"a {'PNG' if head[1:4] == b'PNG' else 'JPEG'} image, {NOT_TORCH}"
+    if len(head) > 2 and head[0] == 0x08 and head[1] < 0x80 and head[2] in _ONNX_FIELDS:
+        return "an ONNX model: use the .onnx suffix"
+    if len(head) > 9 and head[8:10] == b'{"' and int.from_bytes(head[:8], "little") < size:
+        return "a safetensors file: use the .safetensors suffix"
+    if b"\x00" in head:
+        return None
+    try:
+        text = head.decode("utf-8") if size <= len(head) else head[:-4].decode("utf-8", errors="ignore")
+    except UnicodeDecodeError:
+        return None
+    return f"{_text_kind(path, text, size)}, {NOT_TORCH}"
+
+
+def _text_kind(path: str | os.PathLike, head: str, size: int) -> str:
+    """'a JSON file', 'a YAML file (a config?)' (a mapping) or 'a text file'."""
+    import json
+
+    import yaml
+
+    if size > 2**20:
+        return "a text file"
+    try:
+        text = open(path, encoding="utf-8", errors="replace").read()
+        if head.lstrip().startswith(("{", "[")):
+            json.loads(text)
+            return "a JSON file"
+        return "a YAML file (a config?)" if isinstance(yaml.safe_load(text), dict) else "a text file"
+    except (ValueError, yaml.YAMLError, OSError):
+        return "a text file"
+
+
+def describe_load_failure(e: BaseException, path: str | os.PathLike | None = None) -> str:
+    """Why `torch.load(weights_only=True)` refused a file (`path`, when given, is looked at too), in words the user
+    can act on. Only a real pickle is "pickled code": a binary pickle (torch's own format) the weights-only loader
+    refused, or any pickle that names a global; a text, YAML or ONNX file is named for what it is."""
     text = str(e)
+    kind = what_file_is(path) if path is not None else None
     if "Weights only load failed" in text:
-        what = re.search(r"unsupported (?:GLOBAL|global) ([\w.]+)", text)
-        return "this file contains pickled code, refusing to load it" + (f" ({what[1]})" if what else "")
+        what = re.search(r"unsupported global:? (?:GLOBAL )?([\w.]+)", text, re.I)
+        if what or (kind is None and (path is None or _starts_like_pickle(path))):
+            return "this file contains pickled code, refusing to load it" + (f" ({what[1]})" if what else "")
+    if kind is not None:
+        return kind
     if isinstance(e, EOFError) or "failed finding central directory" in text:
         return "the file is empty, truncated or corrupt"
-    if isinstance(e, KeyError) or "invalid load key" in text:
-        return "not a PyTorch file (neither a zip archive nor a pickle)"
+    if isinstance(e, (KeyError, IndexError)) or "invalid load key" in text or "Weights only load failed" in text:
+        return NOT_TORCH
     return first_line(e)[:200]
+
+
+def _starts_like_pickle(path: str | os.PathLike) -> bool:
+    """A zip archive (torch.save) or a binary pickle (protocol 2+: its first byte is PROTO, 0x80)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4).startswith((b"PK\x03\x04", b"\x80"))
+    except OSError:
+        return False
 
 
 def yaml_error_line(e: Exception) -> str:

@@ -108,7 +108,7 @@ def load_torch_file(path: str | Path) -> dict:
     except OSError:
         raise
     except Exception as e:  # corrupt, truncated, not a torch file, or pickled code objects
-        raise UserError(f"cannot read checkpoint {path}: {describe_load_failure(e)}") from None
+        raise UserError(f"cannot read checkpoint {path}: {describe_load_failure(e, path)}") from None
     if not isinstance(obj, dict):
         raise UserError(f"{path} is not an mfmseg checkpoint (found a {type(obj).__name__})")
     return obj

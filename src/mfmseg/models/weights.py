@@ -36,7 +36,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UserError(f"cannot read weights {path}: {describe_load_failure(e)}") from None
+        raise UserError(f"cannot read weights {path}: {describe_load_failure(e, path)}") from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict) and not torch.is_tensor(obj.get(key)):
             obj = obj[key]
@@ -75,8 +75,9 @@ def hf_from_pretrained(load: Callable[[], T], source: str, what: str) -> T:
     try:
         return load()
     except pickle.UnpicklingError as e:
-        raise UserError(f"cannot load {what} '{source}' (its pytorch_model.bin): {describe_load_failure(e)}") \
-            from None
+        bin_file = folder / "pytorch_model.bin"
+        raise UserError(f"cannot load {what} '{source}' (its pytorch_model.bin): "
+                        f"{describe_load_failure(e, bin_file if bin_file.is_file() else None)}") from None
     except (OSError, ValueError) as e:
         where = "" if folder.is_dir() else " (no such folder, and the Hub is unreachable or has no such model)"
         raise UserError(f"cannot load {what} '{source}'{where}: {first_line(e)[:160]}") from None
