@@ -1,4 +1,4 @@
-"""The Rebuilder (METHOD.md §2): sizes for any crop and backbone, masking, exact visible features, gradients."""
+"""The Rebuilder (docs/method.md §2): sizes for any crop and backbone, masking, exact visible features, gradients."""
 
 from __future__ import annotations
 

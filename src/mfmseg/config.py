@@ -1,6 +1,6 @@
 """Typed run configuration: dataclasses, YAML presets and `key=value` overrides.
 
-Defaults are the paper's DAFormer setting (METHOD.md §3); a preset YAML states only what differs from them,
+Defaults are the paper's DAFormer setting (docs/method.md §3); a preset YAML states only what differs from them,
 flat, with no inheritance between presets, so that one file tells the whole story of a run. Unknown keys and
 wrong types are errors that name the key and the nearest valid one: a misspelt `mfm.mask_raito=0.6` must never
 silently train the default.
@@ -31,7 +31,7 @@ CITYSCAPES_THING_CLASSES = [6, 7, 11, 12, 13, 14, 15, 16, 17, 18]
 
 @dataclass
 class HRDAConfig:
-    """HRDA multi-resolution training (METHOD.md §3): the data crop is the full-scale training input; the encoder
+    """HRDA multi-resolution training (docs/method.md §3): the data crop is the full-scale training input; the encoder
     sees it at 0.5 (context) and a random `hr_crop` window of it at full scale (detail)."""
     enabled: bool = False
     hr_crop: List[int] = field(default_factory=lambda: [512, 512])  # [H, W] of the detail window

@@ -1,7 +1,7 @@
 """Label-free metrics on target images: how is adaptation going when the target has no labels? (issue 19)
 
 UDA's premise is an unlabelled target, yet UDA code bases monitor training and pick checkpoints with the target's
-labelled val split. These metrics read only the model's predictions on target images (METHOD.md §7):
+labelled val split. These metrics read only the model's predictions on target images (docs/method.md §7):
 
 | name | what | better | reference |
 |---|---|---|---|

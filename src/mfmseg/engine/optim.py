@@ -1,6 +1,6 @@
 """Optimiser parameter groups and the warm-up + poly learning-rate schedule of the DAFormer family.
 
-Groups (METHOD.md §3): encoder at the base lr (× `encoder_lr_mult`, 1 by default; layer-wise decayed for encoders
+Groups (docs/method.md §3): encoder at the base lr (× `encoder_lr_mult`, 1 by default; layer-wise decayed for encoders
 that number their layers: `layerwise_groups`); decode head (and HRDA's scale attention) at `head_lr_mult` × base;
 LayerNorm parameters without weight decay (the reference's `norm` custom key matches exactly MiT's LayerNorms:
 BatchNorms are named `bn` there and keep their decay); every module the UDA method trains besides the student (the

@@ -1,4 +1,4 @@
-"""HRDA: multi-resolution training fused by a learned scale attention (Hoyer et al., ECCV 2022; METHOD.md §3).
+"""HRDA: multi-resolution training fused by a learned scale attention (Hoyer et al., ECCV 2022; docs/method.md §3).
 
 One encoder and one segmentation head see every image at two scales:
 

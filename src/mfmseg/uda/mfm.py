@@ -1,4 +1,4 @@
-"""Masked Feature Modeling (METHOD.md §2): the Rebuilder and the MFM loss.
+"""Masked Feature Modeling (docs/method.md §2): the Rebuilder and the MFM loss.
 
 The Rebuilder masks ~40 % of a token grid built from the deepest encoder level, lets two ViT blocks infer the
 masked tokens from the visible ones, projects the tokens back to every level the decode head reads and swaps

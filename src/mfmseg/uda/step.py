@@ -1,4 +1,4 @@
-"""The UDA method: one `nn.Module` that owns every trained and frozen part and runs one iteration (METHOD.md §3).
+"""The UDA method: one `nn.Module` that owns every trained and frozen part and runs one iteration (docs/method.md §3).
 
 `UDAStep` owns the student (any `models.segmentor.SegmentationModel`), the EMA teacher and the auxiliary losses
 (`uda.term.AuxiliaryLoss`: FD with its ImageNet copy, MIC, MFM with its Rebuilder), composed in `build_terms`.

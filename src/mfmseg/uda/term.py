@@ -1,7 +1,7 @@
 """The contract of an auxiliary loss (FD, MIC, MFM, ...): what it gets from the step, what it gives back.
 
 A term is an `nn.Module` (so the method owns its parameters, if any) with up to three hooks, called by
-`uda.step.UDAStep` in the order of METHOD.md §3:
+`uda.step.UDAStep` in the order of docs/method.md §3:
 
 - `on_source(student, SourcePass, run)`: shares the source encoder pass; its losses join the source backward;
 - `on_mixed(student, MixedPass, run)`: shares the ClassMix encoder pass; its losses join the mixed backward;

@@ -1,4 +1,4 @@
-"""DAFormer's context-aware fusion head (METHOD.md §4).
+"""DAFormer's context-aware fusion head (docs/method.md §4).
 
 Per level a linear embedding to 256 channels, all upsampled to stride 4 and concatenated, fused by an ASPP of
 depthwise-separable 3×3 convs (dilations 6/12/18; dilation 1 is a plain 1×1 conv) with BN+ReLU after depthwise
