@@ -469,6 +469,14 @@ CASES = [
                       ("train.log_interval=0", "train.log_interval"), ("eval.stride=[0,0]", "eval.stride"),
                       ("train.max_iters=[", "not valid YAML"), ("train.device=gpu", "not a device")]],
     Case("config-yaml-line", lambda c: ["train", str(c.tmp / "bad.yaml")], 2, "line 3", setup=_yaml_error),
+    # a key given twice is refused with its line, at any depth (YAML would keep the last block silently)
+    *[Case(f"config-yaml-duplicate-{i}", lambda c: ["train", str(c.tmp / "d.yaml"), f"work_dir={c.tmp / 'wd'}"], 2,
+           word, setup=lambda c, text=text: (c.tmp / "d.yaml").write_text(text), check=_no_dir("wd"))
+      for i, (text, word) in enumerate([
+          ("train:\n  max_iters: 3\nseed: 1\ntrain:\n  log_interval: 2\n",
+           "line 4, column 1: duplicate key 'train' (first given at line 1)"),
+          ("uda:\n  mfm:\n    grid: 4\n    mask_ratio: 0.5\n    grid: 8\n",
+           "line 5, column 5: duplicate key 'grid' (first given at line 3)")])],
     # a plain value where a section belongs: named, not a crash inside the error handler
     *[Case(f"config-section-value-{o.split('=')[0]}", lambda c, o=o: c.train("wd", o), 2, "is a section",
            check=_no_dir("wd")) for o in ("uda.mfm=true", "data.rcs=5", "train=[1]")],

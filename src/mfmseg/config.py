@@ -310,6 +310,31 @@ def _merge(base: DictConfig, data: dict, where: str) -> DictConfig:
         raise UserError(f"config error in {where}: {first_line(e)}") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping, at any depth: PyYAML keeps the last one
+    silently, so a second `train:` block would drop the first and train defaults the user did not choose."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden: that is its purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: the base constructor names it
+                continue
+            if first is not key_node.start_mark:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key '{key}' (first given at line {first.line + 1}): keep one",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str):
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
 def _parse_overrides(overrides: list[str]) -> dict:
     nested: dict = {}
     for item in overrides:
@@ -317,7 +342,7 @@ def _parse_overrides(overrides: list[str]) -> dict:
             raise UserError(f"override '{item}' is not key=value (e.g. train.max_iters=100)")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = _load_yaml(raw) if raw != "" else ""
         except yaml.YAMLError as e:
             raise UserError(f"override '{item}': the value is not valid YAML ({yaml_error_line(e)})") from None
         node = nested
@@ -352,7 +377,7 @@ def load_config(name_or_path: str | None = None, overrides: list[str] | None = N
     if name_or_path is not None:
         path = resolve_preset(name_or_path)
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = _load_yaml(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise UserError(f"cannot parse {path}: {yaml_error_line(e)}") from None
         if not isinstance(data, dict):
