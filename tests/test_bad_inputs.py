@@ -81,14 +81,16 @@ def _pickled_code(c: Ctx) -> None:
     torch.save({"x": Evil()}, c.tmp / "evil.pth")
 
 
-def _onnx_as_pth(c: Ctx) -> None:
-    """A (tiny, real) ONNX model saved under a .pth name."""
-    helper = pytest.importorskip("onnx.helper")
-    from onnx import TensorProto
+def _onnx_file(name: str) -> Callable[[Ctx], None]:
+    """A tiny, real ONNX model that mfmseg did not write (`name` ending in .pth: one renamed)."""
+    def setup(c: Ctx) -> None:
+        helper = pytest.importorskip("onnx.helper")
+        from onnx import TensorProto
 
-    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in "xy"]
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", io[:1], io[1:])
-    (c.tmp / "m.pth").write_bytes(helper.make_model(graph, producer_name="pytorch").SerializeToString())
+        io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in "xy"]
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", io[:1], io[1:])
+        (c.tmp / name).write_bytes(helper.make_model(graph, producer_name="pytorch").SerializeToString())
+    return setup
 
 
 def _no_dir(name: str) -> Callable[[Ctx], None]:
@@ -408,6 +410,24 @@ def _fake_train_checkpoint(c: Ctx) -> None:
     torch.save({"format": TRAIN_FORMAT, "iteration": 1}, c.tmp / "partial.pth")
 
 
+def _recorded(setup: Callable[[Ctx], None], name: str) -> Callable[[Ctx], None]:
+    """`setup`, then a copy of the file `name` it wrote as name.before (for `_unchanged`)."""
+    def wrapped(c: Ctx) -> None:
+        setup(c)
+        shutil.copyfile(c.tmp / name, c.tmp / f"{name}.before")
+    return wrapped
+
+
+def _copy_model(name: str) -> Callable[[Ctx], None]:
+    return _recorded(lambda c: shutil.copyfile(c.model, c.tmp / name), name)
+
+
+def _unchanged(name: str) -> Callable[[Ctx], None]:
+    def check(c: Ctx) -> None:
+        assert (c.tmp / name).read_bytes() == (c.tmp / f"{name}.before").read_bytes(), f"{name} was replaced"
+    return check
+
+
 def _mount_tiny_tmpfs(c: Ctx) -> list[str]:
     """Export into a 64 KiB tmpfs in a private mount namespace: the write fails with a full disk."""
     full = c.tmp / "full"
@@ -446,7 +466,7 @@ CASES = [
     Case("yaml-as-checkpoint", lambda c: ["export", str(c.tmp / "c.pth"), "--out", str(c.tmp / "m.pth")], 2,
          "a YAML file (a config?)", setup=_write("c.pth", b"model:\n  name: daformer_mitb0\ntrain: {}\n")),
     Case("onnx-as-checkpoint", lambda c: ["evaluate", str(c.tmp / "m.pth"), "--device", "cpu"], 2,
-         "an ONNX model: use the .onnx suffix", setup=_onnx_as_pth),
+         "an ONNX model: use the .onnx suffix", setup=_onnx_file("m.pth")),
     Case("empty-checkpoint", lambda c: ["predict", str(c.tmp / "e.pth"), str(c.tmp), "--out", str(c.tmp / "o")],
          2, "truncated", setup=_write("e.pth", b"")),
     Case("missing-checkpoint", lambda c: ["export", str(c.tmp / "nope.pth"), "--out", str(c.tmp / "m.pth")], 2,
@@ -493,6 +513,32 @@ CASES = [
          setup=_folder("j")),
     Case("predict-out-file", lambda c: ["predict", str(c.model), str(c.tmp), "--out", str(c.tmp / "f")], 2,
          "not a folder", setup=_file("f")),
+    # export never replaces what it did not write: its own input, a training checkpoint, any other file; a previous
+    # export it may
+    Case("export-onto-itself", lambda c: ["export", str(c.tmp / "m.pth"), "--out", str(c.tmp / "m.pth")], 2,
+         "is the input checkpoint itself", setup=_copy_model("m.pth"), check=_unchanged("m.pth")),
+    Case("export-onto-train-checkpoint", lambda c: ["export", str(c.model), "--out", str(c.tmp / "partial.pth")],
+         2, "exists and is a training checkpoint", setup=_recorded(_fake_train_checkpoint, "partial.pth"),
+         check=_unchanged("partial.pth")),
+    Case("export-onnx-onto-train-checkpoint", lambda c: ["export", str(c.model), "--out", str(c.tmp / "partial.pth"),
+                                                         "--format", "onnx"],
+         2, "exists and is a training checkpoint", setup=_recorded(_fake_train_checkpoint, "partial.pth"),
+         check=_unchanged("partial.pth")),
+    Case("export-onto-text", lambda c: ["export", str(c.model), "--out", str(c.tmp / "notes.pth")], 2,
+         "exists and is a text file", setup=_recorded(_write("notes.pth", b"my notes\n"), "notes.pth"),
+         check=_unchanged("notes.pth")),
+    Case("export-onto-foreign-onnx", lambda c: ["export", str(c.model), "--out", str(c.tmp / "f.onnx")], 2,
+         "an ONNX model that mfmseg did not export", setup=_recorded(_onnx_file("f.onnx"), "f.onnx"),
+         check=_unchanged("f.onnx")),
+    Case("export-replaces-export", lambda c: ["export", str(c.model), "--out", str(c.tmp / "e.pth")], 0,
+         "exported", setup=_copy_model("e.pth")),
+    # an exported model holds the student only: --which teacher is refused (as for .onnx), not scored as the student
+    *[Case(f"{cmd}-export-which-teacher", lambda c, cmd=cmd, extra=extra: [cmd, str(c.model), *extra(c), "--which",
+                                                                         "teacher"], 2,
+           "holds the student only", check=_no_dir("o"))
+      for cmd, extra in (("evaluate", lambda c: ["--device", "cpu"]),
+                         ("predict", lambda c: [str(c.tmp), "--out", str(c.tmp / "o"), "--device", "cpu"]),
+                         ("export", lambda c: ["--out", str(c.tmp / "t.pth")]))],
     Case("train-work-dir-file", lambda c: c.train("f"), 2, "not a folder", setup=_file("f")),
     Case("disk-full", _mount_tiny_tmpfs, 2, "disk full", check=_tmpfs_left_nothing, subprocess=True,
          slow=True),

@@ -197,7 +197,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from mfmseg.config import load_config
     from mfmseg.files import check_output_file
 
+    from mfmseg.engine.export import check_export_out
+
     check_output_file(args.out, "--out")
+    check_export_out(args.checkpoint, args.out)
     fmt = _export_format(args)
     config = load_config(args.config) if args.config else None
     if fmt == "onnx":

@@ -105,6 +105,7 @@ def user_message(e: BaseException) -> str | None:
 
 
 NOT_TORCH = "not a PyTorch file (neither a zip archive nor a pickle)"
+ONNX_MODEL = "an ONNX model: use the .onnx suffix"
 _ONNX_FIELDS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72}  # ModelProto tags that follow ir_version
 
 
@@ -123,7 +124,7 @@ def what_file_is(path: str | os.PathLike) -> str | None:
     if head.startswith(b"\x89PNG") or head.startswith(b"\xff\xd8\xff"):
         return f"a {'PNG' if head[1:4] == b'PNG' else 'JPEG'} image, {NOT_TORCH}"
     if len(head) > 2 and head[0] == 0x08 and head[1] < 0x80 and head[2] in _ONNX_FIELDS:
-        return "an ONNX model: use the .onnx suffix"
+        return ONNX_MODEL
     if len(head) > 9 and head[8:10] == b'{"' and int.from_bytes(head[:8], "little") < size:
         return "a safetensors file: use the .safetensors suffix"
     if b"\x00" in head:

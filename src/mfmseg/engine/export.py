@@ -7,6 +7,7 @@ exactly the baseline network.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ from mfmseg import __version__
 from mfmseg.config import Config, config_from_dict, to_dict
 from mfmseg.engine.checkpoint import TRAIN_FORMAT, atomic_torch_save, load_torch_file, require_keys
 from mfmseg.engine.evaluate import class_names, class_palette
-from mfmseg.errors import UserError
+from mfmseg.errors import ONNX_MODEL, UserError, what_file_is
 from mfmseg.models.released import load_released_checkpoint
 from mfmseg.models.weights import load_strict
 from mfmseg.models.zoo import build_model
@@ -40,6 +41,9 @@ def _check_which(which: str) -> None:
 def _student_and_config(ckpt: dict, path: str | Path, which: str = "student") -> tuple[dict, Config]:
     fmt = ckpt.get("format")
     if fmt == MODEL_FORMAT:
+        if which != "student":  # as the .onnx path: an export would otherwise score its student as "the teacher"
+            raise UserError(f"{path} is an exported model: it holds the student only, --which {which} does not "
+                            f"apply (give the training checkpoint, latest.pth, for the teacher)")
         require_keys(ckpt, ("state_dict", "config"), path)
         return ckpt["state_dict"], config_from_dict(ckpt["config"], str(path))
     if fmt == TRAIN_FORMAT:
@@ -85,6 +89,43 @@ def load_inference_model(path: str | Path, device: str | torch.device = "cpu", w
 
 def _to_eval(model: nn.Module, cfg: Config, device: str | torch.device) -> tuple[nn.Module, Config]:
     return model.to(device).eval(), cfg
+
+
+def _not_an_export(path: Path) -> str | None:
+    """None when `path` is a file `export` writes (an mfmseg model export, .pth or .onnx), which it may replace;
+    else what the file is."""
+    kind = what_file_is(path)
+    if kind == ONNX_MODEL:
+        with open(path, "rb") as f:  # the metadata follows the graph: the end of the file
+            f.seek(max(0, path.stat().st_size - 2**20))
+            return None if b"mfmseg_format" in f.read() else "an ONNX model that mfmseg did not export"
+    if kind is not None:
+        return kind.split(",")[0]
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # reads the tensors lazily
+    except Exception:  # unreadable, legacy or foreign: whatever torch raises, not an export of ours
+        return "a file that is not an mfmseg model export"
+    fmt = obj.get("format") if isinstance(obj, dict) else None
+    if fmt == MODEL_FORMAT:
+        return None
+    if fmt == TRAIN_FORMAT:
+        return "a training checkpoint (optimizer, teacher, RNG state: what train.resume needs)"
+    return "a PyTorch file that is not an mfmseg model export"
+
+
+def check_export_out(checkpoint: str | Path, out: str | Path) -> None:
+    """Before any work: refuse an `--out` that export would destroy and did not write, the input itself (as
+    `cp a a` is refused) or an existing file that is not a model export, above all a training checkpoint, whose
+    optimizer, teacher and RNG state the inference file would replace for good. A previous export may be
+    replaced."""
+    out = Path(out)
+    if not out.is_file():
+        return
+    if Path(checkpoint).is_file() and os.path.samefile(checkpoint, out):
+        raise UserError(f"--out {out} is the input checkpoint itself: export writes a new file, choose another --out")
+    kind = _not_an_export(out)
+    if kind is not None:
+        raise UserError(f"--out {out} exists and is {kind}: export would replace it, choose another --out")
 
 
 def export_model(checkpoint: str | Path, out: str | Path, which: str = "student",
