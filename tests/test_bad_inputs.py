@@ -93,6 +93,20 @@ def _onnx_file(name: str) -> Callable[[Ctx], None]:
     return setup
 
 
+def _three_class_model(onnx: bool) -> Callable[[Ctx], None]:
+    """m3.pth: a 3-class model (and, with `onnx`, its export m3.onnx, written twice: a previous export may be
+    replaced); small.yaml: a 19-class config whose val resize keeps a wrong evaluation short."""
+    def setup(c: Ctx) -> None:
+        cfg = load_config("synthetic_dacs", ["model.pretrained=null", "model.num_classes=3",
+                                             "uda.fd.thing_classes=[1,2]", "data.val.resize=[64,32]"])
+        torch.save({"format": MODEL_FORMAT, "config": to_dict(cfg),
+                    "state_dict": build_model(cfg.model).state_dict()}, c.tmp / "m3.pth")
+        (c.tmp / "small.yaml").write_text("data:\n  val:\n    resize: [64, 32]\n")
+        for _ in range(2 if onnx else 0):
+            assert main(["export", str(c.tmp / "m3.pth"), "--out", str(c.tmp / "m3.onnx")]) == 0
+    return setup
+
+
 def _no_dir(name: str) -> Callable[[Ctx], None]:
     def check(c: Ctx) -> None:
         assert not (c.tmp / name).exists(), f"{name} was created"
@@ -506,6 +520,11 @@ CASES = [
     # an unknown key with no near neighbour gets the keys of its level, never an unrelated guess
     Case("config-unknown-foo", lambda c: c.train("wd", "foo=1"), 2, "top-level keys: work_dir"),
     Case("config-unknown-in-section", lambda c: c.train("wd", "optim.banana=2"), 2, "keys of optim: name"),
+    # one class count: a model of 3 classes scored with a 19-class config is refused, not an mIoU over 3 classes
+    *[Case(f"evaluate-config-class-count-{suffix}", lambda c, suffix=suffix: [
+        "evaluate", str(c.tmp / f"m3.{suffix}"), "--config", str(c.tmp / "small.yaml"), "--data",
+        str(c.bench / "cityscapes"), "--device", "cpu"], 2, "the model predicts 3 classes but the labels",
+           setup=_three_class_model(suffix == "onnx"), slow=suffix == "onnx") for suffix in ("pth", "onnx")],
     # 3. outputs: checked before the work, one line naming the path, no temporary file left
     Case("evaluate-json-folder", lambda c: ["evaluate", str(c.model), "--json", str(c.tmp / "j")], 2, "folder",
          setup=_folder("j")),

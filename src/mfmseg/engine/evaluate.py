@@ -43,6 +43,12 @@ def evaluate(model: nn.Module, dataset, cfg: EvalConfig, *, device: torch.device
     if not getattr(dataset, "has_labels", True):
         raise UserError(f"{dataset.root} has no labels to evaluate against: without target labels, training logs "
                         f"label-free metrics instead (docs/label_free.md)")
+    checked_for = getattr(dataset, "num_classes", 255)  # 255: the labels are not checked against a class count
+    if checked_for not in (255, model.num_classes):  # one class count: the confusion matrix would drop the rest
+        raise UserError(f"the model predicts {model.num_classes} classes but the labels of "
+                        f"{getattr(dataset, 'root', 'the dataset')} are read for {checked_for} (model.num_classes of "
+                        f"the config, e.g. --config): evaluate with a config of the model's class set, or without "
+                        f"--config")
     was_training = model.training
     model.eval()
     cm = ConfusionMatrix(model.num_classes, device)
