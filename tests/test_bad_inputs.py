@@ -172,6 +172,32 @@ def _folder_with_bad(c: Ctx) -> None:
     (c.tmp / "in" / "cut.jpg").write_bytes((c.tmp / "in" / "b.jpg").read_bytes()[:200])
 
 
+def _photos(c: Ctx) -> None:
+    """in/a.png and in/b.png, PNG photos (copies kept in before/)."""
+    for name in ("a.png", "b.png"):
+        _rgb(c.tmp / "in" / name)
+    shutil.copytree(c.tmp / "in", c.tmp / "before")
+
+
+def _photos_and_foreign(c: Ctx) -> None:
+    """The photos, and o/a.png: a file of the user's where a prediction would go (copy in before_o/)."""
+    _photos(c)
+    _rgb(c.tmp / "o" / "a.png", (10, 10))
+    shutil.copytree(c.tmp / "o", c.tmp / "before_o")
+
+
+def _same_files(a: str, b: str) -> Callable[[Ctx], None]:
+    def check(c: Ctx) -> None:
+        files = {p.relative_to(c.tmp / a): p.read_bytes() for p in (c.tmp / a).rglob("*")}
+        assert files == {p.relative_to(c.tmp / b): p.read_bytes() for p in (c.tmp / b).rglob("*")}, f"{a} changed"
+    return check
+
+
+def _predicted_before(c: Ctx) -> None:
+    _photos(c)
+    assert main(["predict", str(c.model), str(c.tmp / "in"), "--out", str(c.tmp / "o"), "--device", "cpu"]) == 0
+
+
 def _symlink_loop(c: Ctx) -> None:
     _rgb(c.tmp / "in" / "a.png")
     (c.tmp / "in" / "loop.png").symlink_to("loop.png")
@@ -642,6 +668,17 @@ CASES = [
     Case("predict-symlink-loop", lambda c: ["predict", str(c.model), str(c.tmp / "in"), "--out", str(c.tmp / "o"),
                                             "--device", "cpu"], 2, "loop.png", setup=_symlink_loop,
          check=_readable_written),
+    # predict never overwrites what it did not write: an input (--out = the input folder), a user's file; its own
+    # earlier predictions it may replace
+    Case("predict-over-inputs", lambda c: ["predict", str(c.model), str(c.tmp / "in"), "--out", str(c.tmp / "in"),
+                                           "--device", "cpu"], 2, "over its input", setup=_photos,
+         check=_same_files("in", "before")),
+    Case("predict-over-foreign-file", lambda c: ["predict", str(c.model), str(c.tmp / "in"), "--out",
+                                                 str(c.tmp / "o"), "--device", "cpu"], 2, "predict did not write it",
+         setup=_photos_and_foreign, check=_same_files("o", "before_o")),
+    Case("predict-again", lambda c: ["predict", str(c.model), str(c.tmp / "in"), "--out", str(c.tmp / "o"),
+                                     "--device", "cpu", "--format", "trainid"], 0, "wrote 2",
+         setup=_predicted_before, check=_same_files("in", "before")),
     # legal names near the 255-byte limit: the temporary name fits, an error names the real file, no empty --out
     Case("predict-long-names", lambda c: ["predict", str(c.model), str(c.tmp / "in"), "--out", str(c.tmp / "o"),
                                           "--device", "cpu"], 0, "wrote 2", setup=_long_names, check=_long_outputs),

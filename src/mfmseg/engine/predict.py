@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import shutil
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from tqdm import tqdm
 
 from mfmseg.config import Config
@@ -26,6 +28,7 @@ from mfmseg.files import atomic_write, check_output_dir
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 FORMATS = ("color", "overlay", "trainid", "labelid")
+MARK = ("Software", "mfmseg predict")  # a PNG text chunk on every prediction (`written_by_predict`)
 
 
 def collect_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
@@ -69,6 +72,29 @@ def output_names(found: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
     return result
 
 
+def written_by_predict(path: Path) -> bool:
+    """Whether `path` is a prediction PNG (it carries `MARK`): the one kind of existing file predict replaces."""
+    try:
+        with Image.open(path) as img:
+            return img.format == "PNG" and img.info.get(MARK[0]) == MARK[1]
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False
+
+
+def check_outputs(jobs: list[tuple[Path, Path]], out_dir: Path) -> None:
+    """Before any work: refuse an output that would overwrite one of the inputs (`--out` = the input folder with
+    PNG inputs) or any existing file predict did not write; an earlier prediction may be replaced."""
+    inputs = {os.path.realpath(path): path for path, _ in jobs}
+    for _, rel in jobs:
+        out = out_dir / rel
+        if os.path.realpath(out) in inputs:
+            raise UserError(f"predict would write {out} over its input {inputs[os.path.realpath(out)]}: choose an "
+                            f"--out folder apart from the inputs")
+        if os.path.lexists(out) and not (out.is_file() and written_by_predict(out)):
+            raise UserError(f"{out} exists and predict did not write it: choose another --out folder, or move it "
+                            f"away")
+
+
 def render(pred: np.ndarray, image: Image.Image, fmt: str, palette: list[list[int]] | None = None) -> Image.Image:
     """`palette`: the class set's colours (`evaluate.class_palette`); None: Cityscapes'."""
     if fmt == "trainid":
@@ -109,7 +135,8 @@ def predict_images(model: torch.nn.Module, cfg: Config, inputs: list[str], out_d
     The network runs under autocast in `eval.amp`'s dtype (`numerics.eval_autocast_dtype`). A batch is not stopped
     by one bad image: every readable image is written, and the unreadable ones are listed
     at the end as a UserError (exit 2). A write failure (full disk) stops at once. An --out folder this call
-    created and wrote nothing into is removed, so a failed run leaves no empty folder behind."""
+    created and wrote nothing into is removed, so a failed run leaves no empty folder behind. An output that would
+    overwrite an input or a file predict did not write is refused before any image is read (`check_outputs`)."""
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt} is not one of {', '.join(FORMATS)}")
     if fmt == "labelid" and cfg.data.classes != "cityscapes":
@@ -120,6 +147,9 @@ def predict_images(model: torch.nn.Module, cfg: Config, inputs: list[str], out_d
     created = not out_dir.exists()
     check_output_dir(out_dir)
     jobs = output_names(collect_inputs(inputs))
+    check_outputs(jobs, out_dir)
+    info = PngInfo()
+    info.add_text(*MARK)
     amp = autocast(device, eval_autocast_dtype(cfg, device))
     written: list[Path] = []
     failed: list[str] = []
@@ -137,7 +167,8 @@ def predict_images(model: torch.nn.Module, cfg: Config, inputs: list[str], out_d
             with amp:
                 pred = infer_labels(model, x, (image.height, image.width), mode, window, cfg.eval.stride,
                                     cfg.eval.batch_size)[0].cpu().numpy()
-            written.append(atomic_write(out_dir / rel, render(pred, image, fmt, palette).save))
+            picture = render(pred, image, fmt, palette)
+            written.append(atomic_write(out_dir / rel, functools.partial(picture.save, pnginfo=info)))
     finally:
         if created and out_dir.is_dir() and not any(p.is_file() for p in out_dir.rglob("*")):
             shutil.rmtree(out_dir, ignore_errors=True)
