@@ -132,6 +132,17 @@ def _train_id_100(c: Ctx) -> None:
         Image.fromarray(arr).save(path)
 
 
+def _no_train_id_100(c: Ctx) -> None:
+    assert all(100 not in np.asarray(Image.open(p)) for p in (c.bench / "gta").rglob("*_labelTrainIds.png"))
+
+
+def _leftover_tmp(c: Ctx) -> None:
+    """What a prepare killed mid-write leaves: a 0-byte x_labelTrainIds.tmp.png, its train-id file not written."""
+    path = _first_label(c)
+    path.unlink()
+    path.with_name(path.stem + ".tmp.png").write_bytes(b"")
+
+
 def _rgb_label(c: Ctx) -> None:
     path = sorted((c.bench / "gta" / "labels").glob("*.png"))[0]
     Image.open(path).convert("RGB").save(path)
@@ -643,6 +654,14 @@ CASES = [
     # 6. image and label files: depth, mode, size, id range; predict outputs that would collide
     Case("prepare-rgb-label", lambda c: ["prepare", "gta", str(c.bench / "gta"), "--nproc", "1"], 2, "RGB",
          setup=_rgb_label),
+    # prepare checks the train-id files it reuses, and says how to convert again; it removes the temporary files
+    # of a killed run
+    Case("prepare-keeps-bad-train-ids", lambda c: ["prepare", "gta", str(c.bench / "gta"), "--nproc", "1"], 2,
+         "--overwrite", setup=_train_id_100),
+    Case("prepare-overwrite", lambda c: ["prepare", "gta", str(c.bench / "gta"), "--nproc", "1", "--overwrite"], 0,
+         "prepared", setup=_train_id_100, check=_no_train_id_100),
+    Case("prepare-removes-leftover-tmp", lambda c: ["prepare", "gta", str(c.bench / "gta"), "--nproc", "1"], 0,
+         "removed 1 temporary file", setup=_leftover_tmp, check=lambda c: _first_label(c).is_file()),
     Case("predict-16bit-image", lambda c: ["predict", str(c.model), str(c.tmp / "grey16.png"), "--out",
                                            str(c.tmp / "o"), "--device", "cpu"], 2, "16-bit", setup=_grey16),
     Case("train-ids-beyond-classes", lambda c: c.train("ids"), 2, "train ids [100]", setup=_train_id_100,

@@ -124,7 +124,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from mfmseg.data.prepare import prepare_dataset
 
-    prepare_dataset(args.kind, args.root, nproc=args.nproc, class_map=args.class_map)
+    prepare_dataset(args.kind, args.root, nproc=args.nproc, class_map=args.class_map, overwrite=args.overwrite)
     return 0
 
 
@@ -252,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("root")
     p.add_argument("--nproc", type=int, default=4)
     p.add_argument("--class-map", default=None, help="folder datasets: YAML class map (default ROOT/classes.yaml)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="convert every label again (default: reuse the train-id files of an earlier run)")
     p.set_defaults(func=_cmd_prepare)
 
     for name, helptext, example in [

@@ -52,7 +52,8 @@ def read_train_ids(path: Path) -> np.ndarray:
         mode, arr = img.mode, np.asarray(img)
     if mode not in TRAIN_ID_MODES or arr.ndim != 2:
         raise UserError(f"label {path} must be a single-channel train-id PNG (mode L), got mode {mode} with shape "
-                        f"{arr.shape}: run `mfmseg prepare` on the dataset's original labels")
+                        f"{arr.shape}: convert the dataset's original labels again (`mfmseg prepare KIND ROOT "
+                        f"--overwrite`, or delete it and run prepare)")
     if arr.dtype != np.uint8 and arr.size and int(arr.max()) > 255:
         raise UserError(f"label {path} holds values up to {int(arr.max())}: train ids are 0..254 and 255 (ignore)")
     return arr.astype(np.uint8)
@@ -64,7 +65,8 @@ def check_train_ids(label: np.ndarray, path: Path, num_classes: int) -> None:
     bad = np.unique(label[(label >= num_classes) & (label != IGNORE_INDEX)])
     if bad.size:
         raise UserError(f"label {path} holds train ids {bad[:5].tolist()} but the model has {num_classes} classes "
-                        f"(valid: 0..{num_classes - 1} and 255 = ignore): check the dataset's class map")
+                        f"(valid: 0..{num_classes - 1} and 255 = ignore): check the dataset's class map, then "
+                        f"convert its labels again (`mfmseg prepare KIND ROOT --overwrite`)")
 
 
 class SegmentationDataset(Dataset):

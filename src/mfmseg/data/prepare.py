@@ -5,7 +5,9 @@ the dataset root gets `sample_class_stats.json` (a list of {"<trainId>": pixels,
 `sample_class_stats_dict.json` ({path: {"<trainId>": pixels}}) and `samples_with_class.json`
 ({"<trainId>": [[path, pixels], ...]}), counted at full resolution over the training split. Paths are relative
 to the dataset root (DAFormer stores cwd-relative paths; root-relative ones survive moving the dataset).
-Idempotent: existing train-id files are reused, never converted again; all writes are atomic.
+Idempotent: existing train-id files are reused after a check (mode, ids the mapping writes), never converted again
+unless `--overwrite`; all writes are atomic, and the temporary files of a prepare killed mid-write are removed by
+the next one.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from mfmseg.data.datasets import open_image
+from mfmseg.data.datasets import open_image, read_train_ids
 from mfmseg.data.layouts import LAYOUTS, Layout, load_class_map
 from mfmseg.data.parallel import map_jobs
 from mfmseg.data.labels import CITYSCAPES_PALETTE, CITYSCAPES_VOID_COLORS, IGNORE_INDEX, decode_color_label
 from mfmseg.errors import UserError
-from mfmseg.files import atomic_write, atomic_write_text
+from mfmseg.files import atomic_write, atomic_write_text, temp_path
 
 
 # One integer id per pixel: 8-bit grey, palette (GTA5: the index is the id) or 16-bit grey. A colour (RGB) label
@@ -61,10 +63,28 @@ def read_color_label(path: Path, kind: str) -> np.ndarray:
     return train_ids
 
 
+def _again(kind: str, root: Path) -> str:
+    return f"delete it, or run `mfmseg prepare {kind} {root} --overwrite` to convert every label again"
+
+
+def _reused(path: Path, kind: str, root: Path, lut: np.ndarray) -> np.ndarray:
+    """The train ids of a file an earlier run wrote, checked before they are trusted: a single-channel PNG holding
+    only ids this dataset's mapping writes (a file from another mapping, or damaged, is named with what to do)."""
+    train_ids = read_train_ids(path)
+    valid = np.union1d(lut, [IGNORE_INDEX])
+    if LAYOUTS[kind].color_label_dir:
+        valid = np.union1d(valid, np.arange(len(CITYSCAPES_PALETTE)))
+    bad = np.setdiff1d(np.unique(train_ids), valid)
+    if bad.size:
+        raise UserError(f"{path} (kept from an earlier prepare) holds train ids {bad[:5].tolist()} that the {kind} "
+                        f"mapping never writes: {_again(kind, root)}")
+    return train_ids
+
+
 def _convert(job: tuple) -> dict:
-    label_path, out_path, kind, lut, rel = job
-    if out_path.exists():
-        train_ids = np.asarray(Image.open(out_path))
+    label_path, out_path, kind, lut, rel, root, overwrite = job
+    if out_path.exists() and not overwrite:
+        train_ids = _reused(out_path, kind, root, lut)
     else:
         layout = LAYOUTS[kind]
         colour_dir = layout.color_label_dir and label_path.parent.name == Path(layout.color_label_dir).name
@@ -82,12 +102,27 @@ def _convert(job: tuple) -> dict:
     return stats
 
 
+STATS_FILES = ("sample_class_stats.json", "sample_class_stats_dict.json", "samples_with_class.json")
+
+
 def _write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1))
 
 
-def prepare_dataset(kind: str, root: str | os.PathLike, nproc: int = 4, class_map: str | None = None) -> dict:
-    """Convert every label of the dataset at `root` and write the statistics of its training split."""
+def _remove_leftovers(paths: list[Path]) -> None:
+    """The temporary files (`x.tmp.png`, `x.tmp.json`) that a prepare killed mid-write (kill -9 skips the cleanup of
+    `files.atomic_path`) left beside the files it writes: only those exact names, each a file prepare writes."""
+    left = [t for t in map(temp_path, paths) if t.is_file()]
+    for tmp in left:
+        tmp.unlink()
+    if left:
+        print(f"removed {len(left)} temporary file(s) left by an interrupted prepare (e.g. {left[0]})")
+
+
+def prepare_dataset(kind: str, root: str | os.PathLike, nproc: int = 4, class_map: str | None = None,
+                    overwrite: bool = False) -> dict:
+    """Convert every label of the dataset at `root` and write the statistics of its training split. Train-id files
+    of an earlier run are reused after a check (`overwrite`: converted again)."""
     if kind not in LAYOUTS:
         raise UserError(f"unknown dataset kind '{kind}': one of {', '.join(LAYOUTS)}")
     root = Path(root)
@@ -101,10 +136,11 @@ def prepare_dataset(kind: str, root: str | os.PathLike, nproc: int = 4, class_ma
                 continue
             out = layout.train_id_path(label)
             rel = str(out.relative_to(root))
-            jobs.append((label, out, kind, lut, rel))
+            jobs.append((label, out, kind, lut, rel, root, overwrite))
             stats_split.append(split == layout.stats_split)
     if not jobs:
         raise UserError(f"no label files found under {root} for a {kind} dataset")
+    _remove_leftovers([job[1] for job in jobs] + [root / name for name in STATS_FILES])
     results = map_jobs(_convert, jobs, nproc if len(jobs) > 16 else 1, desc=f"prepare {kind}")
     train_stats = [r for r, keep in zip(results, stats_split) if keep]
     by_file = {s["file"]: {k: v for k, v in s.items() if k != "file"} for s in train_stats}
@@ -114,8 +150,7 @@ def prepare_dataset(kind: str, root: str | os.PathLike, nproc: int = 4, class_ma
             if k != "file":
                 with_class.setdefault(k, []).append([s["file"], v])
     with_class = {k: with_class[k] for k in sorted(with_class, key=int)}
-    _write_json(root / "sample_class_stats.json", train_stats)
-    _write_json(root / "sample_class_stats_dict.json", by_file)
-    _write_json(root / "samples_with_class.json", with_class)
+    for name, obj in zip(STATS_FILES, (train_stats, by_file, with_class)):
+        _write_json(root / name, obj)
     print(f"prepared {len(jobs)} labels of {root} ({len(train_stats)} in the statistics)")
     return {"labels": len(jobs), "stats": len(train_stats)}
