@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import torch
 
 from mfmseg.config import MFMConfig
-from mfmseg.uda.mfm import Rebuilder
+from mfmseg.uda.rebuilder import Rebuilder
 
 NETWORKS = {
     "mit (DAFormer)": SimpleNamespace(feature_channels=[64, 128, 320, 512], feature_strides=[4, 8, 16, 32]),

@@ -12,8 +12,9 @@ from mfmseg.config import Config, FDConfig, MFMConfig, ModelConfig, UDAConfig, v
 from mfmseg.errors import UserError
 from mfmseg.models.batchnorm import batchnorms, bn_eval_mode, set_bn_eval
 from mfmseg.models.zoo import build_model
-from mfmseg.uda.mfm import Rebuilder, mask_weights
+from mfmseg.uda.mfm import mask_weights
 from mfmseg.uda.pseudo import normalised_entropy
+from mfmseg.uda.rebuilder import Rebuilder
 from mfmseg.uda.step import UDAStep
 from test_uda_helpers import make_batch
 

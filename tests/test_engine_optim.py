@@ -6,7 +6,7 @@ import torch
 from mfmseg.config import MFMConfig, ModelConfig, OptimConfig, load_config
 from mfmseg.engine.optim import apply_lr, build_optimizer, lr_at, param_groups
 from mfmseg.models.zoo import build_model
-from mfmseg.uda.mfm import Rebuilder
+from mfmseg.uda.rebuilder import Rebuilder
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,9 @@ import torch
 
 from mfmseg.config import MFMConfig
 from mfmseg.models.segmentor import weighted_ce
-from mfmseg.uda.mfm import LayerNorm2d, Rebuilder, level_scale, mfm_loss, sincos_pos_embed_2d
+from mfmseg.models.layer_norm import LayerNorm2d
+from mfmseg.uda.mfm import mfm_loss
+from mfmseg.uda.rebuilder import Rebuilder, level_scale, sincos_pos_embed_2d
 from test_uda_helpers import tiny_student
 
 MIT = SimpleNamespace(feature_channels=[64, 128, 320, 512], feature_strides=[4, 8, 16, 32])

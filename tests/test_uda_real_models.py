@@ -7,7 +7,7 @@ import torch
 
 from mfmseg.config import MFMConfig, ModelConfig, UDAConfig
 from mfmseg.models import zoo
-from mfmseg.uda.mfm import Rebuilder
+from mfmseg.uda.rebuilder import Rebuilder
 from mfmseg.uda.step import UDAStep
 from test_uda_helpers import make_batch
 

@@ -13,7 +13,8 @@ from mfmseg.engine.optim import param_groups
 from mfmseg.errors import UserError
 from mfmseg.models.vit import ViTEncoder, default_taps, vit_config
 from mfmseg.models.zoo import MODELS, build_model, count_params
-from mfmseg.uda.mfm import Rebuilder, mfm_loss
+from mfmseg.uda.mfm import mfm_loss
+from mfmseg.uda.rebuilder import Rebuilder
 
 TINY = dict(size="tiny")
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from mfmseg.config import OptimConfig
+from mfmseg.models.layer_norm import LayerNorm2d
 
 
 def _split_no_decay(modules: list[nn.Module], norm_no_decay: bool
@@ -24,7 +25,7 @@ def _split_no_decay(modules: list[nn.Module], norm_no_decay: bool
     no_decay_ids: set[int] = set()
     if norm_no_decay:
         for m in (sub for module in modules for sub in module.modules()):
-            if isinstance(m, (nn.LayerNorm, nn.GroupNorm)) or type(m).__name__ == "LayerNorm2d":
+            if isinstance(m, (nn.LayerNorm, nn.GroupNorm, LayerNorm2d)):
                 no_decay_ids.update(id(p) for p in m.parameters(recurse=False))
     decay, no_decay = [], []
     for p in (p for module in modules for p in module.parameters()):
