@@ -42,6 +42,20 @@ def tiny_overrides(tiny_benchmark):
     return lambda work_dir, *extra: _tiny_overrides(tiny_benchmark, work_dir, *extra)
 
 
+@pytest.fixture(scope="session")
+def tiny_mfm_run(tmp_path_factory, tiny_overrides) -> Path:
+    """The work dir of one DACS+MFM run of 2 iterations on `tiny_benchmark` (evaluated at 2 with labels and the
+    label-free metrics, best.pth kept by mIoU, no panels), trained once per session and shared by the tests that
+    read a trained checkpoint (evaluate, predict, export) or a finished run's log. Treat it as read-only."""
+    from mfmseg.config import load_config
+    from mfmseg.engine.trainer import train
+
+    work_dir = tmp_path_factory.mktemp("tiny_mfm_run") / "run"
+    train(load_config("synthetic_dacs", tiny_overrides(work_dir, "uda.mfm.enabled=true", "train.max_iters=2",
+                                                       "train.panel_interval=0", "train.select_by=mIoU")))
+    return work_dir
+
+
 def _tiny_overrides(root: Path, work_dir: Path, *extra: str) -> list[str]:
     return [
         f"work_dir={work_dir}",

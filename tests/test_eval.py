@@ -3,15 +3,14 @@
 import copy
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from mfmseg.config import ModelConfig, load_config
+from mfmseg.cli import main
+from mfmseg.config import ModelConfig
 from mfmseg.data.labels import CITYSCAPES_CLASSES, CITYSCAPES_ID_TO_TRAIN_ID, TRAIN_ID_TO_CITYSCAPES_ID
 from mfmseg.engine.checkpoint import TRAIN_FORMAT
 from mfmseg.engine.export import export_model, load_inference_model
@@ -93,14 +92,10 @@ def test_slide_equals_whole_for_a_pointwise_model():
     torch.testing.assert_close(whole, slide)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_benchmark, tiny_overrides):
-    from mfmseg.engine.trainer import train
-
-    wd = tmp_path_factory.mktemp("trained")
-    train(load_config("synthetic_dacs", tiny_overrides(wd / "mfm", "uda.mfm.enabled=true", "train.max_iters=2",
-                                                         "train.panel_interval=0")))
-    return wd / "mfm" / "latest.pth"
+@pytest.fixture
+def trained(tiny_mfm_run):
+    """latest.pth of conftest's shared DACS+MFM run (2 iterations: it holds a Rebuilder)."""
+    return tiny_mfm_run / "latest.pth"
 
 
 def test_export_drops_the_rebuilder_and_has_the_baseline_parameter_count(trained, tmp_path):
@@ -121,16 +116,16 @@ def test_export_drops_the_rebuilder_and_has_the_baseline_parameter_count(trained
 
 
 @pytest.mark.slow
-def test_cli_evaluate_predict_and_errors(trained, tiny_benchmark, tmp_path):
-    run = [sys.executable, "-m", "mfmseg"]
-    subprocess.run(run + ["evaluate", str(trained), "--json", str(tmp_path / "e.json"), "--device", "cpu"],
-                   check=True, capture_output=True)
+def test_cli_evaluate_predict_and_errors(trained, tiny_benchmark, tmp_path, capsys):
+    """In-process `mfmseg.cli.main` (a subprocess would add only the interpreter's start-up; `python -m mfmseg`
+    itself is run by test_config.py and by every sweep)."""
+    assert main(["evaluate", str(trained), "--json", str(tmp_path / "e.json"), "--device", "cpu"]) == 0
     result = json.loads((tmp_path / "e.json").read_text())
     assert set(result) >= {"mIoU", "mIoU16", "mIoU13", "per_class_iou"} and len(result["per_class_iou"]) == 19
     val = tiny_benchmark / "cityscapes" / "leftImg8bit" / "val"
     for fmt in ("color", "overlay", "trainid", "labelid"):
-        subprocess.run(run + ["predict", str(trained), str(val), "--out", str(tmp_path / fmt), "--format", fmt,
-                              "--device", "cpu"], check=True, capture_output=True)
+        assert main(["predict", str(trained), str(val), "--out", str(tmp_path / fmt), "--format", fmt,
+                     "--device", "cpu"]) == 0
         outs = sorted((tmp_path / fmt).rglob("*.png"))
         assert len(outs) == 4 and outs[0].relative_to(tmp_path / fmt).parts[0] == "valcity"
         arr = np.asarray(Image.open(outs[0]))
@@ -139,9 +134,11 @@ def test_cli_evaluate_predict_and_errors(trained, tiny_benchmark, tmp_path):
             assert arr.ndim == 2 and arr.max() < 19
         if fmt == "labelid":
             assert set(np.unique(arr)) <= set(CITYSCAPES_ID_TO_TRAIN_ID)
+    capsys.readouterr()
     (tmp_path / "junk.pth").write_bytes(b"garbage")
-    bad = subprocess.run(run + ["evaluate", str(tmp_path / "junk.pth")], capture_output=True, text=True)
-    assert bad.returncode == 2 and "cannot read checkpoint" in bad.stderr and "Traceback" not in bad.stderr
+    assert main(["evaluate", str(tmp_path / "junk.pth")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read checkpoint" in err and "Traceback" not in err
     torch.save({"format": "other"}, tmp_path / "other.pth")
     with pytest.raises(UserError, match="neither an mfmseg training checkpoint nor an exported model"):
         load_inference_model(tmp_path / "other.pth")

@@ -63,9 +63,9 @@ def test_without_a_val_root_the_target_training_images_are_watched(tiny_override
     assert summary["mIoU"] is None and "entropy" in summary["label_free"]  # labels exist but are never read
 
 
-def test_with_labels_both_are_logged(tiny_overrides, tmp_path):
-    work = tmp_path / "run"
-    train(load_config("synthetic_dacs", tiny_overrides(work, "train.max_iters=2", "train.select_by=mIoU")))
+def test_with_labels_both_are_logged(tiny_mfm_run):
+    """conftest's shared run (labelled val, train.select_by=mIoU)."""
+    work = tiny_mfm_run
     row = _rows(work)[-1]
     assert "mIoU" in row and "entropy" in row["label_free"]
     assert json.loads((work / "best.json").read_text())["mIoU"] == row["mIoU"]
