@@ -19,11 +19,13 @@ def gpu_check():
     return load_script("benchmarks/gpu_check.py")
 
 
-def _check_preset_fields(r: dict, mic: bool, hrda: bool) -> None:
+def _check_preset_fields(name: str, r: dict) -> None:
+    mic, hrda = "_mic_" in name, "hrda" in name
     assert r["sec_per_step"] > 0 and r["images_per_s"] == pytest.approx(4 / r["sec_per_step"])
     assert r["max_memory_allocated_mib"] is None  # CUDA only
     agree = r["bf16_vs_fp32"]
-    losses = {"loss_src", "loss_mix", "loss_mfm"} | ({"loss_mic"} if mic else set())
+    losses = {"loss_src", "loss_mix"} | ({"loss_mfm"} if name.endswith("_mfm") else set()) | (
+        {"loss_mic"} if mic else set())
     assert losses <= set(agree["rel_diff"])
     assert all(agree[dtype][k] > 0 for dtype in ("fp32", "bf16") for k in losses)  # every loss compares something
     assert agree["max_rel_diff"] == max(agree["rel_diff"].values()) and 0 < agree["max_rel_diff"] < 0.05
@@ -34,19 +36,17 @@ def _check_preset_fields(r: dict, mic: bool, hrda: bool) -> None:
 
 
 @pytest.mark.slow
-def test_tiny_cpu_check_writes_every_number(gpu_check, tmp_path, capsys):
-    """Two presets that between them take every path (MiT, ViT + pyramid, HRDA, MIC, MFM, FD) in one process."""
-    presets = ["gta2cs_daformer_mitb5_mfm", "gta2cs_mic_hrda_dinov2l_mfm"]
-    assert gpu_check.main(["--tiny", "--device", "cpu", "--out", str(tmp_path), "--presets", *presets,
+def test_tiny_cpu_check_in_process_with_compile_skipped(gpu_check, tmp_path, capsys):
+    """`main` in process on the cheapest preset with `--compile-preset ''`; every preset's numbers are checked on
+    the documented command's report below."""
+    assert gpu_check.main(["--tiny", "--device", "cpu", "--out", str(tmp_path), "--presets", "gta2cs_dacs_dlv2",
                            "--compile-preset", ""]) == 0
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["device"] == "cpu" and report["tiny"] and report["steps"] == 1 and report["amp"] == "none"
-    assert list(report["presets"]) == presets and report["compile"] == {"skipped": "--compile-preset ''"}
-    _check_preset_fields(report["presets"][presets[0]], mic=False, hrda=False)
-    _check_preset_fields(report["presets"][presets[1]], mic=True, hrda=True)
-    assert report["presets"][presets[1]]["model"] == "daformer_vit_tiny"
+    assert list(report["presets"]) == ["gta2cs_dacs_dlv2"] and report["compile"] == {"skipped": "--compile-preset ''"}
+    _check_preset_fields("gta2cs_dacs_dlv2", report["presets"]["gta2cs_dacs_dlv2"])
     table = capsys.readouterr().out
-    assert all(p in table for p in presets) and "bf16 rel" in table
+    assert "gta2cs_dacs_dlv2" in table and "bf16 rel" in table
 
 
 def test_bad_arguments_are_one_line(gpu_check, tmp_path, capsys):
@@ -75,9 +75,12 @@ def test_tiny_cpu_check_command_runs_every_paper_preset_and_compile(tmp_path):
     assert list(report["presets"]) == ["gta2cs_dacs_dlv2", "gta2cs_dacs_dlv2_mfm", "gta2cs_daformer_mitb5",
                                        "gta2cs_daformer_mitb5_mfm", "gta2cs_hrda_mitb5_mfm",
                                        "gta2cs_mic_hrda_dinov2l_mfm"]
+    assert report["device"] == "cpu" and report["tiny"] and report["steps"] == 1 and report["amp"] == "none"
     for name, r in report["presets"].items():
         assert "error" not in r, (name, r)
-        assert r["process_group"]["gradients_unchanged"] and r["bf16_vs_fp32"]["max_rel_diff"] < 0.05
+        _check_preset_fields(name, r)  # every path between them: MiT, ViT + pyramid, HRDA, MIC, MFM, FD
+    assert report["presets"]["gta2cs_mic_hrda_dinov2l_mfm"]["model"] == "daformer_vit_tiny"
+    assert all(p in done.stdout for p in report["presets"]) and "bf16 rel" in done.stdout
     c = report["compile"]
     assert c["preset"] == "gta2cs_dacs_dlv2" and c["backend"] == "eager" and c["first_step_s"] > 0
     assert c["sec_per_step"] > 0 and c["speedup"] == pytest.approx(c["eager_sec_per_step"] / c["sec_per_step"])
