@@ -3,13 +3,12 @@ training / export / released checkpoints and config validation. Tiny: MiT-B0, 12
 
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from mfmseg.cli import main
 from mfmseg.config import Config, HRDAConfig, ModelConfig, UDAConfig, load_config
 from mfmseg.engine.export import load_inference_model
 from mfmseg.engine.optim import param_groups
@@ -293,9 +292,7 @@ def test_hrda_trains_end_to_end_then_evaluates_and_exports(tmp_path, tiny_overri
     assert all({"loss_src", "loss_mix", "loss_mic", "loss_mfm", "loss_fd"} <= set(r) for r in train_rows)
     assert (wd / "panels" / "iter_000002.png").stat().st_size > 0
 
-    run = subprocess.run([sys.executable, "-m", "mfmseg", "export", str(wd / "latest.pth"), "--out",
-                          str(tmp_path / "m.pth")], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
+    assert main(["export", str(wd / "latest.pth"), "--out", str(tmp_path / "m.pth")]) == 0
     exported, cfg = load_inference_model(tmp_path / "m.pth")
     student, _ = load_inference_model(wd / "latest.pth")
     assert isinstance(exported, HRDASegmentor) and cfg.model.hrda.enabled
@@ -304,9 +301,7 @@ def test_hrda_trains_end_to_end_then_evaluates_and_exports(tmp_path, tiny_overri
     x = torch.randn(1, 3, 128, 256)
     with torch.no_grad():
         torch.testing.assert_close(exported.predict(x), student.predict(x))
-    run = subprocess.run([sys.executable, "-m", "mfmseg", "evaluate", str(tmp_path / "m.pth"), "--json",
-                          str(tmp_path / "eval.json")], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
+    assert main(["evaluate", str(tmp_path / "m.pth"), "--json", str(tmp_path / "eval.json")]) == 0
     assert json.loads((tmp_path / "eval.json").read_text())["mIoU"] == pytest.approx(summary["mIoU"])
 
 
