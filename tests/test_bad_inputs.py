@@ -776,6 +776,24 @@ def test_default_val_root_names_its_key(tmp_path, tiny_benchmark, monkeypatch, c
     assert not (tmp_path / "wd").exists()
 
 
+def test_cost_of_a_huge_batch_answers_from_small_ones(capsys, monkeypatch):
+    """`mfmseg cost PRESET data.batch_size=100000` ran a fake step of 100000 images, image by image (minutes); the
+    step is now measured at three small batches and scaled exactly: no step runs at the user's batch."""
+    from mfmseg.uda.step import UDAStep
+
+    train_step = UDAStep.train_step
+
+    def small_only(self, batch, *args, **kwargs):
+        assert batch["src_img"].shape[0] <= 64, "a fake step ran at the user's batch"
+        return train_step(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(UDAStep, "train_step", small_only)
+    assert main(["cost", "synthetic_dacs", "model.name=deeplabv2_r18", "model.decoder_channels=null",
+                 "data.source.crop=[64,64]", "data.target.crop=[64,64]", "data.batch_size=100000"]) == 0
+    out = capsys.readouterr().out
+    assert "scaled exactly to 100000" in out and "> 80 GB" in out, out
+
+
 def test_out_of_memory_is_a_user_error():
     from mfmseg.errors import user_message
 

@@ -11,8 +11,8 @@ import torch
 
 from mfmseg.cli import main
 from mfmseg.config import load_config
-from mfmseg.engine.cost import (GiB, MemoryPlan, fake_batch, fake_step, graph_names, memory_plan, smallest_card,
-                                step_cost)
+from mfmseg.engine.cost import (GiB, MemoryPlan, StepCost, fake_batch, fake_step, graph_names, memory_plan,
+                                scaled_cost, smallest_card, step_cost)
 from mfmseg.models.zoo import build_model
 from mfmseg.uda.step import UDAStep
 
@@ -98,6 +98,42 @@ def test_graph_names_follow_the_logged_losses():
     assert graph_names(["loss_src", "pseudo_q", "loss_mix", "loss_mfm"], 2) == ["src", "mix+mfm"]  # domain=mixed
     assert graph_names(["loss_src"], 1) == ["src"]  # source only
     assert graph_names(["loss_src", "pseudo_q", "loss_mix"], 3) == ["pass 1", "pass 2", "pass 3"]
+
+
+def test_scaling_needs_every_save_affine_in_the_batch():
+    """Traces at batches 2, 3, 4: scaled save by save and the largest taken (here the peak moves from the first save
+    to the second as the batch grows); a save that is not affine, or a graph of another length, is not scaled."""
+    def costs(*traces, flops=(10, 15, 20)):
+        return [StepCost([("src", max(t))], f, [t]) for t, f in zip(traces, flops)]
+
+    scaled = scaled_cost(costs([100, 90], [110, 130], [120, 170]), 100)
+    assert scaled.graphs == [("src", 90 + 40 * 98)] and scaled.flops == 10 + 5 * 98
+    assert scaled_cost(costs([1, 2], [2, 4], [3, 7]), 100) is None
+    assert scaled_cost(costs([1, 2], [2, 4, 5], [3, 6]), 100) is None
+    assert scaled_cost(costs([1], [2], [3], flops=(1, 2, 4)), 100) is None
+
+
+@pytest.mark.slow  # twelve fake steps at small batches and four at 65
+def test_a_large_batch_is_scaled_exactly(monkeypatch):
+    """Above DIRECT_MAX the plan is scaled from batches 2-4: to the byte and the FLOP what the batch measures."""
+    from mfmseg.engine import cost
+
+    cfg = load_config("synthetic_dacs_mfm", SMALL + ["data.batch_size=65"])
+    scaled = memory_plan(cfg)
+    monkeypatch.setattr(cost, "DIRECT_MAX", 65)
+    direct = memory_plan(cfg)
+    assert scaled.scaled_from == cost.PROBES and direct.scaled_from is None
+    assert {v: (c.graphs, c.flops) for v, c in scaled.steps.items()} == \
+        {v: (c.graphs, c.flops) for v, c in direct.steps.items()}
+
+
+def test_a_batch_that_does_not_scale_is_refused_with_its_memory(monkeypatch, capsys):
+    from mfmseg.engine import cost
+
+    monkeypatch.setattr(cost, "scaled_cost", lambda costs, batch: None)
+    assert main(["cost", "synthetic_dacs_mfm", *SMALL, "data.batch_size=1000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: data.batch_size=1000:") and "GiB at 1000" in err and "\n" not in err
 
 
 @pytest.mark.slow  # four fake-tensor steps of a real network: seconds

@@ -28,6 +28,7 @@ from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTens
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from mfmseg.config import Config
+from mfmseg.errors import UserError
 from mfmseg.models.zoo import build_model
 from mfmseg.uda.step import UDAStep
 
@@ -50,13 +51,16 @@ class SavedActivationMeter:
     gradient, are counted once as weights). The UDA step keeps one graph alive at a time, so each time the live
     total returns to zero a graph ended: `graph_peaks` holds each graph's peak in order. Recomputation inside
     checkpointed regions is transient and not counted: one segment at a time, during that segment's backward (a
-    block for MiT/ViT/EfficientNet-Lite, a whole stage for ResNet, which this meter therefore understates)."""
+    block for MiT/ViT/EfficientNet-Lite, a whole stage for ResNet, which this meter therefore understates).
+    `traces` holds, per graph, the live total after each storage it saves (what `scaled_cost` extrapolates)."""
 
     def __init__(self, exclude: Iterable[Tensor] = ()) -> None:
         self.exclude = {t.untyped_storage()._cdata for t in exclude}
         self.live: dict[int, list[int]] = {}  # storage -> [references, bytes]
         self.total = self.peak = self._graph_peak = 0
         self.graph_peaks: list[int] = []
+        self.traces: list[list[int]] = []
+        self._trace: list[int] = []
 
     def __enter__(self) -> "SavedActivationMeter":
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda held: held.tensor)
@@ -75,6 +79,7 @@ class SavedActivationMeter:
             self.total += nbytes
             self.peak = max(self.peak, self.total)
             self._graph_peak = max(self._graph_peak, self.total)
+            self._trace.append(self.total)
         entry[0] += 1
 
     def remove(self, key: int) -> None:
@@ -85,7 +90,8 @@ class SavedActivationMeter:
             del self.live[key]
             if self.total == 0:
                 self.graph_peaks.append(self._graph_peak)
-                self._graph_peak = 0
+                self.traces.append(self._trace)
+                self._graph_peak, self._trace = 0, []
 
 
 class _Held:
@@ -187,9 +193,10 @@ def fake_step(cfg: Config, mode: FakeTensorMode | None = None) -> tuple[UDAStep,
     return step, mode
 
 
-def fake_batch(cfg: Config, mode: FakeTensorMode) -> dict[str, Tensor]:
-    """A source + target batch at the preset's per-GPU batch size and crops (the thing class 13 everywhere)."""
-    b = cfg.data.batch_size
+def fake_batch(cfg: Config, mode: FakeTensorMode, batch: int | None = None) -> dict[str, Tensor]:
+    """A source + target batch at the preset's per-GPU batch size (or `batch`) and crops (the thing class 13
+    everywhere)."""
+    b = batch or cfg.data.batch_size
     (hs, ws), (ht, wt) = cfg.data.source.crop, cfg.data.target.crop
     with mode:
         return {"src_img": torch.zeros(b, 3, hs, ws), "src_label": torch.full((b, hs, ws), 13),
@@ -199,9 +206,11 @@ def fake_batch(cfg: Config, mode: FakeTensorMode) -> dict[str, Tensor]:
 # ---- one step -------------------------------------------------------------------------------------------------
 @dataclass
 class StepCost:
-    """Activation bytes of each graph of one step, in order, named by the losses it backpropagates, and FLOPs."""
+    """Activation bytes of each graph of one step, in order, named by the losses it backpropagates, and FLOPs;
+    `traces`: the meter's live totals per graph (`SavedActivationMeter.traces`)."""
     graphs: list[tuple[str, int]]
     flops: int | None = None
+    traces: list[list[int]] = field(default_factory=list, repr=False)
 
     @property
     def peak(self) -> int:
@@ -235,7 +244,48 @@ def step_cost(step: UDAStep, batch: dict[str, Tensor], amp: torch.dtype | None, 
     with mode or contextlib.nullcontext(), counter, SavedActivationMeter(exclude=weights) as meter:
         losses, _ = step.train_step(batch, 0, autocast_dtype=amp)
     names = graph_names([k for k in losses if k.startswith("loss_") or k == "pseudo_q"], len(meter.graph_peaks))
-    return StepCost(list(zip(names, meter.graph_peaks)), counter.get_total_flops() if count_flops else None)
+    return StepCost(list(zip(names, meter.graph_peaks)), counter.get_total_flops() if count_flops else None,
+                    meter.traces)
+
+
+# ---- large batches: measured small, scaled exactly ----------------------------------------------------------------
+DIRECT_MAX = 64  # batches measured as they are (a few seconds more than batch 2); a larger one is scaled
+PROBES = (2, 3, 4)  # consecutive: the second differences of a trace are then its exact test of being affine
+
+
+def _affine_at(values: list[int], batch: int) -> int | None:
+    """The value at `batch` of a quantity measured at PROBES, when its two differences are equal (affine in the
+    batch), else None. Python integers: no overflow at any batch."""
+    d1, d2 = values[1] - values[0], values[2] - values[1]
+    return values[0] + d1 * (batch - PROBES[0]) if d1 == d2 else None
+
+
+def scaled_cost(costs: list[StepCost], batch: int) -> StepCost | None:
+    """The step at `batch` from the same step measured at PROBES, or None where that is not exact.
+
+    Every tensor a step saves has the batch as its first dimension or does not depend on it, so after each save the
+    live total of a graph is affine in the batch; the peak is not (which save holds it can move as the batch
+    grows), so the whole trace is scaled, save by save, and its maximum taken. The probes must agree on the graphs
+    and the number of saves, and every save must be affine across the three: otherwise (a tensor quadratic in the
+    batch, a loop over the images that saves tensors) None, and the batch is measured as it is."""
+    first = costs[0]
+    if any([n for n, _ in c.graphs] != [n for n, _ in first.graphs] or len(c.traces) != len(first.traces)
+           for c in costs):
+        return None
+    graphs = []
+    for (name, _), *traces in zip(first.graphs, *(c.traces for c in costs)):
+        if len({len(t) for t in traces}) != 1:
+            return None
+        scaled = [_affine_at(list(values), batch) for values in zip(*traces)]
+        if None in scaled:
+            return None
+        graphs.append((name, max(scaled, default=0)))
+    flops = None
+    if first.flops is not None:
+        flops = _affine_at([c.flops for c in costs], batch)
+        if flops is None:
+            return None
+    return StepCost(graphs, flops)
 
 
 # ---- the plan ---------------------------------------------------------------------------------------------------
@@ -262,6 +312,7 @@ class MemoryPlan:
     grad_bytes: int
     optimizer_bytes: int
     steps: dict[tuple[str, bool], StepCost] = field(default_factory=dict)
+    scaled_from: tuple[int, ...] | None = None  # the batches the steps were measured at, when scaled (memory_plan)
 
     @property
     def static_bytes(self) -> int:
@@ -286,19 +337,52 @@ def _weight_bytes(step: UDAStep) -> dict[str, int]:
 
 def memory_plan(cfg: Config, name: str = "config", mode: FakeTensorMode | None = None) -> MemoryPlan:
     """Measure every (fp32 | bf16) × (checkpointing off | on) step of `cfg` on fake tensors. FLOPs do not depend
-    on the autocast dtype: they are counted in the fp32 steps only."""
+    on the autocast dtype: they are counted in the fp32 steps only.
+
+    A fake step costs per operation, and a few operations run per image (the strong augmentation), so a batch above
+    DIRECT_MAX is not run: its step is measured at PROBES and scaled exactly (`scaled_cost`), in the time of three
+    small batches whatever the batch. A step that does not scale exactly is refused, with about the memory it would
+    need."""
     step, mode = fake_step(cfg, mode)
     trained = [p for p in step.parameters() if p.requires_grad]
     grad_bytes = sum(p.numel() * p.element_size() for p in trained)
     plan = MemoryPlan(name, cfg, _weight_bytes(step), sum(p.numel() for p in trained), grad_bytes,
                       optimizer_states(cfg) * grad_bytes)
-    batch = fake_batch(cfg, mode)
+    batch = cfg.data.batch_size
+    if batch > DIRECT_MAX:
+        probes = _measure_steps(plan.cfg, step, mode, PROBES)
+        scaled = {variant: scaled_cost(costs, batch) for variant, costs in probes.items()}
+        if any(cost is None for cost in scaled.values()):
+            raise _unscalable(plan, probes[plan.preset_variant][-1], batch)
+        plan.steps = {variant: cost for variant, cost in scaled.items() if cost is not None}
+        plan.scaled_from = PROBES
+        return plan
+    plan.steps = {variant: costs[0] for variant, costs in _measure_steps(cfg, step, mode, (batch,)).items()}
+    return plan
+
+
+def _measure_steps(cfg: Config, step: UDAStep, mode: FakeTensorMode, batches: tuple[int, ...]
+                   ) -> dict[tuple[str, bool], list[StepCost]]:
+    """Each (amp, checkpointing) variant of the step, run at each of `batches`."""
+    inputs = [fake_batch(cfg, mode, b) for b in batches]
+    costs = {}
     for checkpointing in (False, True):
         step.student.set_grad_checkpointing(checkpointing)
         for amp, dtype in AMP_VARIANTS.items():
-            plan.steps[(amp, checkpointing)] = step_cost(step, batch, dtype, count_flops=dtype is None, mode=mode)
-    return plan
+            costs[(amp, checkpointing)] = [step_cost(step, x, dtype, count_flops=dtype is None, mode=mode)
+                                           for x in inputs]
+    return costs
 
+
+def _unscalable(plan: MemoryPlan, largest_probe: StepCost, batch: int) -> UserError:
+    """A batch above DIRECT_MAX of a step that does not scale exactly: refused with about what it would need (the
+    config's variant at the largest probe, per image, times the batch)."""
+    need = plan.static_bytes + largest_probe.peak * batch // PROBES[-1]
+    return UserError(f"data.batch_size={batch}: this step's activations do not grow in proportion to the batch "
+                     f"(measured at {', '.join(map(str, PROBES))}), so they cannot be scaled up exactly, and a fake "
+                     f"step of {batch} images would take too long; at {PROBES[-1]} images per GPU it needs "
+                     f"{(plan.static_bytes + largest_probe.peak) / GiB:.2f} GiB, so about {need / GiB:,.0f} GiB at "
+                     f"{batch}: plan a batch of at most {DIRECT_MAX}")
 
 
 def _plan_key(cfg: Config) -> str:
@@ -346,6 +430,10 @@ def format_plan(plan: MemoryPlan) -> str:
              f"optimiser    {_gib(plan.optimizer_bytes)} GiB ({cfg.optim.name}: {optimizer_states(cfg)} fp32 "
              "state(s) per trained parameter)",
              "activations saved for backward, per pass (one pass's graph is alive at a time), GiB:"]
+    if plan.scaled_from:
+        lines.insert(1, f"(the step measured at batches {', '.join(map(str, plan.scaled_from))} and scaled exactly to "
+                        f"{cfg.data.batch_size}: every tensor it saves grows in proportion to the batch, checked save "
+                        "by save)")
     passes = [name for name, _ in plan.steps[("fp32", False)].graphs]
     head = f"  {'amp':<5} {'ckpt':<5}" + "".join(f"{p:>9}" for p in passes)
     lines.append(head + f"{'peak':>9}{'total':>9}  {'fits':<8}{'GFLOP':>10}")
