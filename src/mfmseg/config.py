@@ -14,7 +14,7 @@ import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Callable, Iterator, List, Optional, Sequence
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -27,6 +27,60 @@ from mfmseg.errors import UserError, first_line, yaml_error_line
 PRESET_DIR = Path(__file__).parent / "configs"
 
 CITYSCAPES_THING_CLASSES = [6, 7, 11, 12, 13, 14, 15, 16, 17, 18]
+
+# Each field's rule sits beside it, as dataclass field metadata that `validate` reads by walking the fields: a
+# numeric field states its valid range (lists: of each element), so that an out-of-range value fails at load time,
+# naming its key, instead of as a ZeroDivisionError deep in the first iteration; a string field with a closed set of
+# values states them. Ranges: ">0", ">=N", or an interval "[a,b]" / "[a,b)" / "(a,b]".
+_RANGE = re.compile(r"(?P<op>>=|>)(?P<bound>-?[\d.]+)|(?P<lo>[\[(])(?P<a>-?[\d.]+),(?P<b>-?[\d.]+)(?P<hi>[\])])")
+
+
+def in_range(value: float, spec: str) -> bool:
+    """`value` satisfies a range spec (">0", ">=1", "[0,1)")."""
+    m = _RANGE.fullmatch(spec)
+    if m is None:
+        raise ValueError(f"bad range spec {spec!r}")
+    if m["op"]:
+        return value >= float(m["bound"]) if m["op"] == ">=" else value > float(m["bound"])
+    a, b = float(m["a"]), float(m["b"])
+    above = value >= a if m["lo"] == "[" else value > a
+    below = value <= b if m["hi"] == "]" else value < b
+    return above and below
+
+
+def _spec_words(spec: str) -> str:
+    """">=1" -> ">= 1", "[0,1)" -> "in [0, 1)"."""
+    if spec[0] in "[(":
+        return f"in {spec.replace(',', ', ')}"
+    op = ">=" if spec.startswith(">=") else ">"
+    return f"{op} {spec[len(op):]}"
+
+
+def _spec(spec: str) -> str:
+    """A range spec, checked where the field is declared: a malformed one fails at import, not at a user's load."""
+    if _RANGE.fullmatch(spec) is None:
+        raise ValueError(f"bad range spec {spec!r}")
+    return spec
+
+
+def ranged(default: Any, spec: str) -> Any:
+    """A number (or None, unchecked) within the range `spec`."""
+    return field(default=default, metadata={"range": _spec(spec)})
+
+
+def each(default_factory: Callable[[], list], spec: str) -> Any:
+    """A list whose every element is within the range `spec`."""
+    return field(default_factory=default_factory, metadata={"range": _spec(spec)})
+
+
+def pair(default_factory: Callable[[], list], spec: str) -> Any:
+    """A list of exactly two numbers, each within the range `spec`."""
+    return field(default_factory=default_factory, metadata={"range": _spec(spec), "pair": True})
+
+
+def choice(default: str, allowed: Sequence[str]) -> Any:
+    """A string that is one of `allowed`."""
+    return field(default=default, metadata={"choices": tuple(allowed)})
 
 
 @dataclass
@@ -44,9 +98,9 @@ class HRDAConfig:
 @dataclass
 class ModelConfig:
     name: str = "daformer_mitb5"  # a zoo name: `mfmseg models` lists them
-    num_classes: int = 19
+    num_classes: int = ranged(19, "[1,255)")  # train ids 0..254: 255 is the ignore label
     pretrained: Optional[str] = None  # ImageNet init: a .pth/.safetensors file, a HF folder or hub id; None = random
-    decoder_channels: Optional[int] = None  # override the head width (small CPU presets); None = the paper's
+    decoder_channels: Optional[int] = ranged(None, ">=1")  # the head width (small CPU presets); None = the paper's
     # the encoder's BatchNorms stay in eval mode in every training pass (running statistics frozen at the pretrained
     # values, affine weights still train): a BatchNorm encoder whose statistics cannot drift, like a LayerNorm one
     norm_eval: bool = False
@@ -55,21 +109,21 @@ class ModelConfig:
 
 @dataclass
 class DatasetConfig:
-    kind: str = "cityscapes"  # gta | synthia | cityscapes | acdc | darkzurich | folder
+    kind: str = choice("cityscapes", DATASET_KINDS)
     root: str = ""
     split: str = "train"
-    resize: List[int] = field(default_factory=lambda: [1024, 512])  # [W, H]; a bound when keep_ratio
+    resize: List[int] = pair(lambda: [1024, 512], ">0")  # [W, H]; a bound when keep_ratio
     keep_ratio: bool = True
-    crop: List[int] = field(default_factory=lambda: [512, 512])  # [H, W]
+    crop: List[int] = pair(lambda: [512, 512], ">0")  # [H, W]
     class_map: Optional[str] = None  # folder datasets: the YAML class map
 
 
 @dataclass
 class RCSConfig:
     enabled: bool = True
-    temperature: float = 0.01
-    min_pixels: int = 3000
-    min_crop_ratio: float = 0.5
+    temperature: float = ranged(0.01, ">0")
+    min_pixels: int = ranged(3000, ">=0")
+    min_crop_ratio: float = ranged(0.5, ">=0")
 
 
 @dataclass
@@ -77,27 +131,27 @@ class DataConfig:
     source: DatasetConfig = field(default_factory=lambda: DatasetConfig(kind="gta", resize=[1280, 720]))
     target: DatasetConfig = field(default_factory=DatasetConfig)
     val: DatasetConfig = field(default_factory=lambda: DatasetConfig(split="val"))
-    batch_size: int = 2  # per process, for source and for target
-    num_workers: int = 4
-    cat_max_ratio: float = 0.75  # source crops are re-drawn until no class covers more than this
+    batch_size: int = ranged(2, ">=1")  # per process, for source and for target
+    num_workers: int = ranged(4, ">=0")
+    cat_max_ratio: float = ranged(0.75, "(0,1]")  # source crops are re-drawn until no class covers more than this
     rcs: RCSConfig = field(default_factory=RCSConfig)
     # the label space trained and scored: cityscapes (19) | idd_level1 (IDD's 7 level-1 classes); datasets labelled
     # in Cityscapes' classes are mapped down to a coarser set (docs/data.md)
-    classes: str = "cityscapes"
+    classes: str = choice("cityscapes", CLASS_SETS)
 
 
 @dataclass
 class FDConfig:
     enabled: bool = True
-    weight: float = 0.005
-    cell_ratio: float = 0.75
-    thing_classes: List[int] = field(default_factory=lambda: list(CITYSCAPES_THING_CLASSES))
+    weight: float = ranged(0.005, ">=0")
+    cell_ratio: float = ranged(0.75, "[0,1]")
+    thing_classes: List[int] = each(lambda: list(CITYSCAPES_THING_CLASSES), ">=0")
 
 
 @dataclass
 class MixConfig:
-    color_jitter_strength: float = 0.2
-    color_jitter_p: float = 0.8
+    color_jitter_strength: float = ranged(0.2, ">=0")
+    color_jitter_p: float = ranged(0.8, "[0,1]")
     blur: bool = True
     batch_wide_classes: bool = False  # reproduce the reference's ClassMix quirk (classes drawn batch-wide)
 
@@ -105,25 +159,25 @@ class MixConfig:
 @dataclass
 class MICConfig:
     enabled: bool = False
-    block_size: int = 32
-    mask_ratio: float = 0.7
-    weight: float = 1.0
+    block_size: int = ranged(32, ">=1")
+    mask_ratio: float = ranged(0.7, "[0,1)")
+    weight: float = ranged(1.0, ">=0")
 
 
 @dataclass
 class MFMConfig:
     enabled: bool = False
-    embed_dim: int = 512
-    depth: int = 2
-    num_heads: int = 16
-    mlp_ratio: float = 4.0
-    grid: int = 16
-    mask_ratio: float = 0.4
-    weight: float = 1.0  # lambda
+    embed_dim: int = ranged(512, ">=4")
+    depth: int = ranged(2, ">=0")
+    num_heads: int = ranged(16, ">=1")
+    mlp_ratio: float = ranged(4.0, ">0")
+    grid: int = ranged(16, ">=1")
+    mask_ratio: float = ranged(0.4, "[0,1)")
+    weight: float = ranged(1.0, ">=0")  # lambda
     # target | source | both: the paper's ablation; mixed: ours, not in the paper (MFM on the ClassMix image,
     # sharing the mixed-loss encoder pass: no extra encoder pass, labels = the mixed labels and weights)
-    domain: str = "target"
-    lr: float = 2e-4
+    domain: str = choice("target", ("target", "source", "both", "mixed"))
+    lr: float = ranged(2e-4, ">0")
     # switches beyond the paper's method, off by default: what each does, when to use it and what the MFM study
     # measured are in docs/training.md ("Switches beyond the paper's method")
     rebuild: bool = True  # false = "masking without a Rebuilder" (paper ablation): masked positions are zeroed
@@ -136,15 +190,15 @@ class MFMConfig:
     # which tokens to mask: random (the paper: each token with probability mask_ratio), uncertain / confident
     # (exactly round(mask_ratio·tokens) tokens drawn with probability growing / shrinking with the teacher's
     # pseudo-label entropy pooled to the token grid; the paper's future work)
-    mask_strategy: str = "random"
+    mask_strategy: str = choice("random", ("random", "uncertain", "confident"))
 
 
 @dataclass
 class UDAConfig:
-    method: str = "dacs"  # source_only | dacs (DAFormer = dacs + fd + rcs; MIC = dacs + mic)
-    alpha: float = 0.999
-    pseudo_threshold: float = 0.968
-    pseudo_margins: List[int] = field(default_factory=lambda: [15, 120, 0, 0])  # top, bottom, left, right px
+    method: str = choice("dacs", ("source_only", "dacs"))  # DAFormer = dacs + fd + rcs; MIC = dacs + mic
+    alpha: float = ranged(0.999, "[0,1]")
+    pseudo_threshold: float = ranged(0.968, "[0,1]")
+    pseudo_margins: List[int] = each(lambda: [15, 120, 0, 0], ">=0")  # top, bottom, left, right px
     fd: FDConfig = field(default_factory=FDConfig)
     mix: MixConfig = field(default_factory=MixConfig)
     mic: MICConfig = field(default_factory=MICConfig)
@@ -156,38 +210,38 @@ class UDAConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"  # adamw | sgd
-    lr: float = 6e-5
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    momentum: float = 0.9
-    weight_decay: float = 0.01
-    head_lr_mult: float = 10.0
+    name: str = choice("adamw", ("adamw", "sgd"))
+    lr: float = ranged(6e-5, ">0")
+    betas: List[float] = pair(lambda: [0.9, 0.999], "[0,1)")
+    momentum: float = ranged(0.9, "[0,1]")
+    weight_decay: float = ranged(0.01, ">=0")
+    head_lr_mult: float = ranged(10.0, ">0")
     # the encoder at lr × encoder_lr_mult (the VFM-UDA recipe fine-tunes a foundation model at ×0.1); encoders that
     # number their layers (ViT: `layer_id`) also get layer-wise decay: layer i of L at layer_decay^(L-i); 1 = off
-    encoder_lr_mult: float = 1.0
-    layer_decay: float = 1.0
+    encoder_lr_mult: float = ranged(1.0, ">0")
+    layer_decay: float = ranged(1.0, "(0,1]")
     norm_no_decay: bool = True
-    warmup_iters: int = 1500
-    warmup_ratio: float = 1e-6
-    power: float = 1.0
-    min_lr: float = 0.0
+    warmup_iters: int = ranged(1500, ">=0")
+    warmup_ratio: float = ranged(1e-6, "[0,1]")
+    power: float = ranged(1.0, ">=0")
+    min_lr: float = ranged(0.0, ">=0")
 
 
 @dataclass
 class TrainConfig:
-    max_iters: int = 40000
-    eval_interval: int = 4000
-    checkpoint_interval: int = 4000
-    log_interval: int = 50
-    panel_interval: int = 4000  # 0 = no image panels
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "none"  # none | bf16 | fp16
+    max_iters: int = ranged(40000, ">=0")
+    eval_interval: int = ranged(4000, ">=-1")  # -1: never evaluate (no validation set needed)
+    checkpoint_interval: int = ranged(4000, ">=0")
+    log_interval: int = ranged(50, ">=1")
+    panel_interval: int = ranged(4000, ">=0")  # 0 = no image panels
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (check_device)
+    amp: str = choice("none", ("none", "bf16", "fp16"))
     resume: bool = False
     grad_checkpointing: bool = False
     compile: bool = False
     sync_bn: bool = False
     deterministic: bool = False  # strict: slower; an op without a deterministic kernel is an error
-    dist_timeout_s: int = 1800  # multi-GPU: how long a rank waits in a collective for the others
+    dist_timeout_s: int = ranged(1800, ">=1")  # multi-GPU: how long a rank waits in a collective for the others
     # keep best.pth by this metric at each evaluation: a label-free one (engine/label_free.py: entropy, im, ...;
     # no target labels needed) or mIoU (needs a labelled val split); None = keep only latest.pth
     select_by: Optional[str] = None
@@ -196,41 +250,26 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    mode: str = "whole"  # whole | slide
-    window: List[int] = field(default_factory=lambda: [512, 512])  # [H, W]
-    stride: List[int] = field(default_factory=lambda: [341, 341])
-    batch_size: int = 1
+    mode: str = choice("whole", ("whole", "slide"))
+    window: List[int] = pair(lambda: [512, 512], ">0")  # [H, W]
+    stride: List[int] = pair(lambda: [341, 341], ">0")
+    batch_size: int = ranged(1, ">=1")
     # autocast dtype of evaluation, predict and panels: "train" = train.amp on CUDA, fp32 elsewhere (CPU autocast is
     # emulated on most CPUs: slower, and CPU results stay as they were); none | bf16 | fp16 force one
-    amp: str = "train"
+    amp: str = choice("train", ("train", "none", "bf16", "fp16"))
     label_free: bool = True  # log the label-free metrics of the val images at each evaluation (docs/label_free.md)
 
 
 @dataclass
 class Config:
     work_dir: str = "work_dirs/run"
-    seed: int = 0
+    seed: int = ranged(0, ">=0")
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     uda: UDAConfig = field(default_factory=UDAConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-
-
-CHOICES: dict[str, tuple[str, ...]] = {
-    "data.source.kind": DATASET_KINDS,
-    "data.target.kind": DATASET_KINDS,
-    "data.val.kind": DATASET_KINDS,
-    "data.classes": tuple(CLASS_SETS),
-    "uda.method": ("source_only", "dacs"),
-    "uda.mfm.domain": ("target", "source", "both", "mixed"),
-    "uda.mfm.mask_strategy": ("random", "uncertain", "confident"),
-    "optim.name": ("adamw", "sgd"),
-    "train.amp": ("none", "bf16", "fp16"),
-    "eval.mode": ("whole", "slide"),
-    "eval.amp": ("train", "none", "bf16", "fp16"),
-}
 
 
 def _all_keys(node: Any, prefix: str = "") -> list[str]:
@@ -431,62 +470,28 @@ def check_device(name: str, key: str = "train.device") -> str:
     return str(name)
 
 
-_DATASETS = ("source", "target", "val")
-
-# The valid range of every numeric field (lists: of each element), in one table so that a new field gets its range
-# where it is declared to the reader, and an out-of-range value fails at load time, naming its key, instead of as a
-# ZeroDivisionError deep in the first iteration. Ranges: ">0", ">=N", or an interval "[a,b]" / "[a,b)" / "(a,b]".
-RANGES: dict[str, str] = {
-    "seed": ">=0",
-    "model.num_classes": "[1,255)",  # train ids 0..254: 255 is the ignore label
-    "model.decoder_channels": ">=1",
-    **{f"data.{d}.{k}": ">0" for d in _DATASETS for k in ("resize", "crop")},
-    "data.batch_size": ">=1", "data.num_workers": ">=0", "data.cat_max_ratio": "(0,1]",
-    "data.rcs.temperature": ">0", "data.rcs.min_pixels": ">=0", "data.rcs.min_crop_ratio": ">=0",
-    "uda.alpha": "[0,1]", "uda.pseudo_threshold": "[0,1]", "uda.pseudo_margins": ">=0",
-    "uda.fd.weight": ">=0", "uda.fd.cell_ratio": "[0,1]", "uda.fd.thing_classes": ">=0",
-    "uda.mix.color_jitter_strength": ">=0", "uda.mix.color_jitter_p": "[0,1]",
-    "uda.mic.block_size": ">=1", "uda.mic.mask_ratio": "[0,1)", "uda.mic.weight": ">=0",
-    "uda.mfm.embed_dim": ">=4", "uda.mfm.depth": ">=0", "uda.mfm.num_heads": ">=1", "uda.mfm.mlp_ratio": ">0",
-    "uda.mfm.grid": ">=1", "uda.mfm.mask_ratio": "[0,1)", "uda.mfm.weight": ">=0", "uda.mfm.lr": ">0",
-    "optim.lr": ">0", "optim.betas": "[0,1)", "optim.momentum": "[0,1]", "optim.weight_decay": ">=0",
-    "optim.head_lr_mult": ">0", "optim.encoder_lr_mult": ">0", "optim.layer_decay": "(0,1]",
-    "optim.warmup_iters": ">=0", "optim.warmup_ratio": "[0,1]", "optim.power": ">=0",
-    "optim.min_lr": ">=0",
-    "train.max_iters": ">=0", "train.eval_interval": ">=-1",  # -1: never evaluate (no validation set needed)
-    "train.checkpoint_interval": ">=0", "train.log_interval": ">=1", "train.panel_interval": ">=0",
-    "train.dist_timeout_s": ">=1",
-    "eval.window": ">0", "eval.stride": ">0", "eval.batch_size": ">=1",
-}
-PAIRS = [*(f"data.{d}.{k}" for d in _DATASETS for k in ("resize", "crop")), "optim.betas", "eval.window",
-         "eval.stride"]
-_RANGE = re.compile(r"(?P<op>>=|>)(?P<bound>-?[\d.]+)|(?P<lo>[\[(])(?P<a>-?[\d.]+),(?P<b>-?[\d.]+)(?P<hi>[\])])")
+def _rules(node: Any, prefix: str = "") -> Iterator[tuple[str, Any, dict]]:
+    """(dotted key, value, metadata) of every field below `node` that states a rule, in field order."""
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from _rules(value, f"{prefix}{f.name}.")
+        elif f.metadata:
+            yield f"{prefix}{f.name}", value, f.metadata
 
 
-def in_range(value: float, spec: str) -> bool:
-    """`value` satisfies a RANGES spec (">0", ">=1", "[0,1)")."""
-    m = _RANGE.fullmatch(spec)
-    if m is None:
-        raise ValueError(f"bad range spec {spec!r}")
-    if m["op"]:
-        return value >= float(m["bound"]) if m["op"] == ">=" else value > float(m["bound"])
-    a, b = float(m["a"]), float(m["b"])
-    above = value >= a if m["lo"] == "[" else value > a
-    below = value <= b if m["hi"] == "]" else value < b
-    return above and below
-
-
-def _spec_words(spec: str) -> str:
-    """">=1" -> ">= 1", "[0,1)" -> "in [0, 1)"."""
-    if spec[0] in "[(":
-        return f"in {spec.replace(',', ', ')}"
-    op = ">=" if spec.startswith(">=") else ">"
-    return f"{op} {spec[len(op):]}"
+def _check_choices(config: Config) -> None:
+    for key, value, rule in _rules(config):
+        if "choices" in rule and value not in rule["choices"]:
+            raise UserError(f"{key}={value!r} is not one of {', '.join(rule['choices'])}")
 
 
 def _check_ranges(config: Config) -> None:
-    for key, spec in RANGES.items():
-        value = get_key(config, key)
+    rules = list(_rules(config))
+    for key, value, rule in rules:
+        spec = rule.get("range")
+        if spec is None:
+            continue
         many = isinstance(value, (list, tuple))
         values = value if many else [value]
         bad = [v for v in values if v is not None and not in_range(v, spec)]
@@ -494,9 +499,9 @@ def _check_ranges(config: Config) -> None:
             shown = list(value) if many else value
             where = "every element of " if many else ""
             raise UserError(f"{key}={shown} is out of range: {where}{key} must be {_spec_words(spec)}")
-    for key in PAIRS:
-        if len(get_key(config, key)) != 2:
-            raise UserError(f"{key}={list(get_key(config, key))} must be a pair of two numbers")
+    for key, value, rule in rules:
+        if rule.get("pair") and len(value) != 2:
+            raise UserError(f"{key}={list(value)} must be a pair of two numbers")
 
 
 def _check_mfm(m: MFMConfig) -> None:
@@ -510,10 +515,7 @@ def _check_mfm(m: MFMConfig) -> None:
 
 def validate(config: Config) -> None:
     """Value checks that types alone cannot express: choices, ranges, and the few constraints between keys."""
-    for key, allowed in CHOICES.items():
-        value = get_key(config, key)
-        if value not in allowed:
-            raise UserError(f"{key}={value!r} is not one of {', '.join(allowed)}")
+    _check_choices(config)
     check_device(config.train.device)
     _check_ranges(config)
     m = config.uda.mfm
