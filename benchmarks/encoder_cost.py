@@ -1,7 +1,7 @@
 """FLOPs and activations saved for backward of one forward/backward of a zoo network (batch 1), with and without
 activation checkpointing: what a ViT-L costs next to MiT-B5, one pass at a time (`mfmseg cost PRESET` plans the
 whole UDA step). A DACS/DAFormer step runs two such passes per image (source, mixed) plus the teacher's forward, MFM
-one more, MIC one more; multiply by the batch. Runs on fake tensors (`mfmseg.engine.cost`): nothing is computed or
+one more, MIC one more; multiply by the batch. Runs on fake tensors (`mfmseg.engine.tools.cost`): nothing is computed or
 allocated at full size, so ViT-L at 1024² takes seconds; FLOPs and saved bytes equal a real run's (tests/test_cost.py).
 
     python benchmarks/encoder_cost.py --models daformer_mitb5 daformer_dinov2_l daformer_dinov3_l --size 512
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from mfmseg.config import HRDAConfig, ModelConfig
-from mfmseg.engine.cost import SavedActivationMeter, ShapeOnlyMode, flop_counter, give_fake_tensors
+from mfmseg.engine.tools.cost import SavedActivationMeter, ShapeOnlyMode, flop_counter, give_fake_tensors
 from mfmseg.models.zoo import build_model
 
 

@@ -11,7 +11,8 @@ the trainer's own parts (`train_step.build_bench`: model zoo, UDA step, optimise
 - one evaluation pass over `--eval-images` random images at the preset's val size, eval mode and `eval.amp`
   (labels at Cityscapes' 2048×1024), timed per image and projected to Cityscapes val (500 images) on one GPU;
 - a one-rank process group (nccl on CUDA, gloo on CPU) through the trainer's gradient averaging, buffer broadcast
-  and agreement (`engine.distributed`): its time, and that averaging over one rank leaves every gradient as it was.
+  and agreement (`engine.runtime.distributed`): its time, and that averaging over one rank leaves every gradient
+  as it was.
 Then `train.compile` on `--compile-preset` (the trainer's `compile_networks`: student, teacher, FD copy): the first
 iteration (graph capture + code generation) and s/step compiled against eager. Skipped, and said so, when less than
 COMPILE_RESERVE_S of `--budget-s` is left. The JSON is rewritten after each preset, so a crash keeps what ran.
@@ -43,10 +44,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_step import StepBench, build_bench, synchronize, time_steps  # noqa: E402
 
 from mfmseg.config import check_device, load_config  # noqa: E402
-from mfmseg.engine.distributed import _buckets, all_ranks_agree, allreduce_gradients, broadcast_state  # noqa: E402
-from mfmseg.engine.evaluate import evaluate  # noqa: E402
-from mfmseg.engine.numerics import AMP_DTYPES, eval_autocast_dtype, set_numerics  # noqa: E402
-from mfmseg.engine.trainer import compile_networks, seed_iteration  # noqa: E402
+from mfmseg.engine.evaluation.evaluate import evaluate  # noqa: E402
+from mfmseg.engine.runtime.distributed import (_buckets, all_ranks_agree, allreduce_gradients,  # noqa: E402
+                                               broadcast_state)
+from mfmseg.engine.runtime.numerics import AMP_DTYPES, eval_autocast_dtype, set_numerics  # noqa: E402
+from mfmseg.engine.training.trainer import compile_networks, seed_iteration  # noqa: E402
 from mfmseg.errors import UserError, first_line  # noqa: E402
 from mfmseg.files import check_output_dir  # noqa: E402
 

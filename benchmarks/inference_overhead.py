@@ -20,8 +20,8 @@ import torch
 from mfmseg.config import load_config
 from mfmseg.data.prepare import prepare_dataset
 from mfmseg.data.synthetic import write_benchmark
-from mfmseg.engine.export import export_model, load_inference_model
-from mfmseg.engine.trainer import train
+from mfmseg.engine.evaluation.export import export_model, load_inference_model
+from mfmseg.engine.training.trainer import train
 
 
 def trained_export(root: Path, work: Path, mfm: bool) -> Path:

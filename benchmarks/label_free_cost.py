@@ -1,9 +1,10 @@
 """What the label-free metrics add to an evaluation (docs/label_free.md, issue 19), in one run.
 
-Times, on the same val images and the same network, the mIoU evaluation (`engine.evaluate`) and the label-free
-metrics (`engine.label_free.label_free_metrics`: the image, its mirror and the teacher), alternating rounds so that
-machine noise hits both alike. By construction the label-free pass runs three forwards per image against the mIoU
-evaluation's one (plus its upsampling to full resolution), so the ratio should be about 3×, less the shared costs.
+Times, on the same val images and the same network, the mIoU evaluation (`engine.evaluation.evaluate`) and the
+label-free metrics (`engine.evaluation.label_free.label_free_metrics`: the image, its mirror and the teacher),
+alternating rounds so that machine noise hits both alike. By construction the label-free pass runs three forwards
+per image against the mIoU evaluation's one (plus its upsampling to full resolution), so the ratio should be about
+3×, less the shared costs.
 
     python benchmarks/label_free_cost.py --preset synthetic_effl0_dacs --images 20 --rounds 3 --out bench_lf.json
 """
@@ -23,9 +24,9 @@ import torch
 from mfmseg.config import load_config
 from mfmseg.data.prepare import prepare_dataset
 from mfmseg.data.synthetic import write_benchmark
-from mfmseg.engine.evaluate import evaluate
-from mfmseg.engine.label_free import label_free_metrics, source_distribution_of
-from mfmseg.engine.trainer import val_dataset
+from mfmseg.engine.evaluation.evaluate import evaluate
+from mfmseg.engine.evaluation.label_free import label_free_metrics, source_distribution_of
+from mfmseg.engine.training.trainer import val_dataset
 from mfmseg.models.zoo import build_model
 
 

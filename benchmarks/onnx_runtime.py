@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from mfmseg.config import load_config
-from mfmseg.engine.onnx_export import export_network, metadata
-from mfmseg.engine.onnx_runtime import OnnxSegmentor
+from mfmseg.engine.evaluation.onnx_export import export_network, metadata
+from mfmseg.engine.evaluation.onnx_runtime import OnnxSegmentor
 from mfmseg.models.zoo import build_model
 
 

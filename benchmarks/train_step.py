@@ -3,7 +3,7 @@
 Each variant runs in its own subprocess so that peak memory (RSS on CPU, CUDA max-allocated on GPU) is its own.
 RSS on CPU mixes parameters, optimiser state and allocator caching, so every variant also reports the peak of the
 activations held for backward (bytes of the tensors autograd saved, counted by storage while they are alive, weights
-excluded: `mfmseg.engine.cost.SavedActivationMeter`): the memory that activation checkpointing trades for compute,
+excluded: `mfmseg.engine.tools.cost.SavedActivationMeter`): the memory that activation checkpointing trades for compute,
 on any device. `mfmseg cost PRESET` gives the same bytes per pass on fake tensors, without running the step.
 Synthetic random batches of the preset's crop size stand in for data: this measures the step, not the loader
 (see benchmarks/data_loading.py). The MFM/baseline time ratio is the number the issue asks for (goal ≤ 1.30×).
@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Any, NamedTuple
 
-from mfmseg.engine.cost import SavedActivationMeter, flop_counter
+from mfmseg.engine.tools.cost import SavedActivationMeter, flop_counter
 
 VARIANTS = {
     "baseline": ["uda.mfm.enabled=false"],
@@ -59,9 +59,9 @@ def build_bench(preset: str, overrides: list[str]) -> StepBench:
     import torch
 
     from mfmseg.config import load_config
-    from mfmseg.engine.distributed import DistContext
-    from mfmseg.engine.optim import build_optimizer, param_groups
-    from mfmseg.engine.trainer import resolve_device, seed_iteration
+    from mfmseg.engine.runtime.distributed import DistContext
+    from mfmseg.engine.training.optim import build_optimizer, param_groups
+    from mfmseg.engine.training.trainer import resolve_device, seed_iteration
     from mfmseg.models.zoo import build_model
     from mfmseg.uda.step import UDAStep
 
@@ -107,7 +107,7 @@ def measure(preset: str, overrides: list[str], steps: int, warmup: int) -> dict:
     """One variant, in this process: mean seconds per step after `warmup` steps, and peak memory."""
     import torch
 
-    from mfmseg.engine.numerics import AMP_DTYPES
+    from mfmseg.engine.runtime.numerics import AMP_DTYPES
 
     bench = build_bench(preset, overrides)
     peak_flops = matmul_peak_flops(str(bench.device), bench.cfg.train.amp)  # beside the variant: the machine is shared

@@ -48,7 +48,7 @@ def tiny_mfm_run(tmp_path_factory, tiny_overrides) -> Path:
     label-free metrics, best.pth kept by mIoU, no panels), trained once per session and shared by the tests that
     read a trained checkpoint (evaluate, predict, export) or a finished run's log. Treat it as read-only."""
     from mfmseg.config import load_config
-    from mfmseg.engine.trainer import train
+    from mfmseg.engine.training.trainer import train
 
     work_dir = tmp_path_factory.mktemp("tiny_mfm_run") / "run"
     train(load_config("synthetic_dacs", tiny_overrides(work_dir, "uda.mfm.enabled=true", "train.max_iters=2",

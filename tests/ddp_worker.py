@@ -35,10 +35,10 @@ class Counted:
 
 def collectives(preset: str, out_dir: str, overrides: list[str]) -> None:
     from mfmseg.data.datasets import build_dataset
-    from mfmseg.engine.distributed import (allreduce_gradients, broadcast_state, init_distributed,
-                                           shutdown_distributed)
-    from mfmseg.engine.evaluate import evaluate
-    from mfmseg.engine.trainer import seed_iteration
+    from mfmseg.engine.evaluation.evaluate import evaluate
+    from mfmseg.engine.runtime.distributed import (allreduce_gradients, broadcast_state, init_distributed,
+                                                   shutdown_distributed)
+    from mfmseg.engine.training.trainer import seed_iteration
     from mfmseg.models.zoo import build_model
 
     cfg = load_config(preset, overrides)
@@ -74,7 +74,7 @@ def collectives(preset: str, out_dir: str, overrides: list[str]) -> None:
 
 def fail(mode: str, preset: str, overrides: list[str]) -> int:
     from mfmseg import cli
-    from mfmseg.engine import trainer
+    from mfmseg.engine.training import trainer
     from mfmseg.uda.step import UDAStep
 
     if RANK == 1 and mode == "fail-data":
@@ -101,7 +101,7 @@ def fail(mode: str, preset: str, overrides: list[str]) -> int:
 if __name__ == "__main__":
     mode, preset, out_dir, *overrides = sys.argv[1:]
     if mode == "train":
-        from mfmseg.engine.trainer import Trainer
+        from mfmseg.engine.training.trainer import Trainer
 
         run = Trainer(load_config(preset, overrides))
         run.run()

@@ -29,8 +29,8 @@ from PIL import Image
 
 from mfmseg.cli import main
 from mfmseg.config import load_config, to_dict
-from mfmseg.engine.checkpoint import TRAIN_FORMAT, load_train_checkpoint
-from mfmseg.engine.export import MODEL_FORMAT
+from mfmseg.engine.evaluation.export import MODEL_FORMAT
+from mfmseg.engine.runtime.checkpoint import TRAIN_FORMAT, load_train_checkpoint
 from mfmseg.models.zoo import build_model
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1] / "src")}

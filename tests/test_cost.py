@@ -1,4 +1,4 @@
-"""`mfmseg cost` (engine/cost.py): the memory plan measured on fake tensors equals a real-tensor measurement, and
+"""`mfmseg cost` (engine/tools/cost.py): the memory plan measured on fake tensors equals a real-tensor measurement, and
 what it reports moves the right way (checkpointing, bf16, cards). A ResNet-18 DeepLab-V2 keeps the fake steps to
 about two seconds each: fake tensors cost per operation, not per byte."""
 
@@ -11,8 +11,8 @@ import torch
 
 from mfmseg.cli import main
 from mfmseg.config import load_config
-from mfmseg.engine.cost import (GiB, MemoryPlan, StepCost, fake_batch, fake_step, graph_names, memory_plan,
-                                scaled_cost, smallest_card, step_cost)
+from mfmseg.engine.tools.cost import (GiB, MemoryPlan, StepCost, fake_batch, fake_step, graph_names, memory_plan,
+                                      scaled_cost, smallest_card, step_cost)
 from mfmseg.models.zoo import build_model
 from mfmseg.uda.step import UDAStep
 
@@ -116,7 +116,7 @@ def test_scaling_needs_every_save_affine_in_the_batch():
 @pytest.mark.slow  # twelve fake steps at small batches and four at 65
 def test_a_large_batch_is_scaled_exactly(monkeypatch):
     """Above DIRECT_MAX the plan is scaled from batches 2-4: to the byte and the FLOP what the batch measures."""
-    from mfmseg.engine import cost
+    from mfmseg.engine.tools import cost
 
     cfg = load_config("synthetic_dacs_mfm", SMALL + ["data.batch_size=65"])
     scaled = memory_plan(cfg)
@@ -128,7 +128,7 @@ def test_a_large_batch_is_scaled_exactly(monkeypatch):
 
 
 def test_a_batch_that_does_not_scale_is_refused_with_its_memory(monkeypatch, capsys):
-    from mfmseg.engine import cost
+    from mfmseg.engine.tools import cost
 
     monkeypatch.setattr(cost, "scaled_cost", lambda costs, batch: None)
     assert main(["cost", "synthetic_dacs_mfm", *SMALL, "data.batch_size=1000"]) == 2

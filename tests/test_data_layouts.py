@@ -10,7 +10,7 @@ from PIL import Image
 from mfmseg.config import DatasetConfig, EvalConfig
 from mfmseg.data.datasets import build_dataset
 from mfmseg.data.prepare import prepare_dataset
-from mfmseg.engine.evaluate import evaluate
+from mfmseg.engine.evaluation.evaluate import evaluate
 from mfmseg.errors import UserError
 
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from mfmseg.cli import main
-from mfmseg.engine.demo import DEMO_RUNS, late_pseudo_weight, verdict
+from mfmseg.engine.tools.demo import DEMO_RUNS, late_pseudo_weight, verdict
 
 
 @pytest.mark.slow

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mfmseg.config import MFMConfig, ModelConfig, OptimConfig, load_config
-from mfmseg.engine.optim import apply_lr, build_optimizer, lr_at, param_groups
+from mfmseg.engine.training.optim import apply_lr, build_optimizer, lr_at, param_groups
 from mfmseg.models.zoo import build_model
 from mfmseg.uda.rebuilder import Rebuilder
 

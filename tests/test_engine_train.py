@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mfmseg.config import load_config
-from mfmseg.engine.checkpoint import load_train_checkpoint
-from mfmseg.engine.trainer import Trainer, pins_memory, train
+from mfmseg.engine.runtime.checkpoint import load_train_checkpoint
+from mfmseg.engine.training.trainer import Trainer, pins_memory, train
 from mfmseg.errors import UserError
 
 METHODS = {
@@ -148,8 +148,8 @@ def test_panel_legend_names_the_classes_shown():
     import matplotlib.pyplot as plt
 
     from mfmseg.data.labels import CITYSCAPES_PALETTE
-    from mfmseg.engine.evaluate import class_names
-    from mfmseg.engine.report import panel_figure
+    from mfmseg.engine.evaluation.evaluate import class_names
+    from mfmseg.engine.evaluation.report import panel_figure
 
     label = torch.full((1, 8, 8), 255)
     label[0, :4], label[0, 4:, :2] = 0, 11

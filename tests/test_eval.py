@@ -12,10 +12,10 @@ from PIL import Image
 from mfmseg.cli import main
 from mfmseg.config import ModelConfig
 from mfmseg.data.labels import CITYSCAPES_CLASSES, CITYSCAPES_ID_TO_TRAIN_ID, TRAIN_ID_TO_CITYSCAPES_ID
-from mfmseg.engine.checkpoint import TRAIN_FORMAT
-from mfmseg.engine.export import export_model, load_inference_model
-from mfmseg.engine.inference import slide_inference, whole_inference
-from mfmseg.engine.metrics import ConfusionMatrix, summarize
+from mfmseg.engine.evaluation.export import export_model, load_inference_model
+from mfmseg.engine.evaluation.inference import slide_inference, whole_inference
+from mfmseg.engine.evaluation.metrics import ConfusionMatrix, summarize
+from mfmseg.engine.runtime.checkpoint import TRAIN_FORMAT
 from mfmseg.errors import UserError
 from mfmseg.models.zoo import build_model
 

@@ -11,11 +11,11 @@ from PIL import Image
 from mfmseg.cli import main
 from mfmseg.config import Config, to_dict
 from mfmseg.data.labels import CITYSCAPES_CLASSES, IMAGENET_MEAN, IMAGENET_STD, TRAIN_ID_TO_CITYSCAPES_ID
-from mfmseg.engine.checkpoint import TRAIN_FORMAT
-from mfmseg.engine.export import MODEL_FORMAT, export_model, load_inference_model
-from mfmseg.engine.inference import infer, slide_inference, whole_inference
-from mfmseg.engine.metrics import ConfusionMatrix, summarize
-from mfmseg.engine.predict import collect_inputs, predict_images
+from mfmseg.engine.evaluation.export import MODEL_FORMAT, export_model, load_inference_model
+from mfmseg.engine.evaluation.inference import infer, slide_inference, whole_inference
+from mfmseg.engine.evaluation.metrics import ConfusionMatrix, summarize
+from mfmseg.engine.evaluation.predict import collect_inputs, predict_images
+from mfmseg.engine.runtime.checkpoint import TRAIN_FORMAT
 from mfmseg.errors import UserError
 from mfmseg.models.zoo import build_model, count_params
 
@@ -46,7 +46,7 @@ def test_confusion_matrix_sums_over_images_not_mean_of_images():
 
 
 def test_summary_of_19_classes_has_the_synthia_means_and_nan_free_table():
-    from mfmseg.engine.metrics import format_table
+    from mfmseg.engine.evaluation.metrics import format_table
 
     cm = ConfusionMatrix(19)
     cm.update(torch.arange(10), torch.arange(10))  # classes 10..18 absent: NaN, excluded

@@ -1,4 +1,4 @@
-"""The FLOP counter of `mfmseg cost` and the benchmarks (mfmseg.engine.cost.flop_counter) against hand counts of a
+"""The FLOP counter of `mfmseg cost` and the benchmarks (mfmseg.engine.tools.cost.flop_counter) against hand counts of a
 depthwise and a grouped convolution, forward and backward: torch's own formula counts the weight gradient `groups`
 times over."""
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from mfmseg.engine.cost import flop_counter
+from mfmseg.engine.tools.cost import flop_counter
 
 
 def counted(conv: nn.Conv2d, x: torch.Tensor) -> tuple[int, int]:

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 from mfmseg.cli import main
 from mfmseg.config import Config, HRDAConfig, ModelConfig, UDAConfig, load_config
-from mfmseg.engine.export import load_inference_model
-from mfmseg.engine.optim import param_groups
+from mfmseg.engine.evaluation.export import load_inference_model
+from mfmseg.engine.training.optim import param_groups
 from mfmseg.errors import UserError
 from mfmseg.models.hrda import HRDALogits, HRDASegmentor, MultiResFeatures, draw_box
 from mfmseg.models.released import load_released_checkpoint
@@ -281,7 +281,7 @@ HRDA_TRAIN = ["model.hrda.enabled=true", "model.hrda.hr_crop=[64,64]", "model.hr
 
 @pytest.mark.slow
 def test_hrda_trains_end_to_end_then_evaluates_and_exports(tmp_path, tiny_overrides):
-    from mfmseg.engine.trainer import train
+    from mfmseg.engine.training.trainer import train
 
     wd = tmp_path / "hrda"
     summary = train(load_config("synthetic_dacs", tiny_overrides(wd, *HRDA_TRAIN)))

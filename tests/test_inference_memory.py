@@ -13,8 +13,8 @@ from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mfmseg.config import Config
-from mfmseg.engine.inference import BAND_BYTES, infer, infer_labels, upsampled_argmax
-from mfmseg.engine.predict import predict_images
+from mfmseg.engine.evaluation.inference import BAND_BYTES, infer, infer_labels, upsampled_argmax
+from mfmseg.engine.evaluation.predict import predict_images
 from mfmseg.models.zoo import build_model
 
 

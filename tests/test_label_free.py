@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mfmseg.engine.label_free import (METRICS, class_kl, label_free_metrics, snd,
-                                      source_class_distribution, vanished_classes)
-from mfmseg.engine.select import is_better
+from mfmseg.engine.evaluation.label_free import (METRICS, class_kl, label_free_metrics, snd,
+                                                 source_class_distribution, vanished_classes)
+from mfmseg.engine.evaluation.select import is_better
 
 C = 4
 

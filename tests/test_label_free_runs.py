@@ -10,7 +10,7 @@ import pytest
 
 from mfmseg.cli import main
 from mfmseg.config import load_config
-from mfmseg.engine.trainer import train
+from mfmseg.engine.training.trainer import train
 
 
 @pytest.fixture

@@ -249,9 +249,9 @@ def test_no_hidden_imports_in_models_and_weights_is_a_leaf():
 def test_start_up_imports_only_what_the_run_needs():
     """Each of these takes seconds to import: transformers (half of `mfmseg train`'s start-up) only for MiT and ViT
     encoders, torch._inductor (which torch.use_deterministic_algorithms imports) only for a deterministic run."""
-    code = ("import sys, torch, mfmseg.cli, mfmseg.engine.trainer\n"
+    code = ("import sys, torch, mfmseg.cli, mfmseg.engine.training.trainer\n"
             "from mfmseg.config import ModelConfig\nfrom mfmseg.models.zoo import build_model\n"
-            "from mfmseg.engine.numerics import set_numerics\n"
+            "from mfmseg.engine.runtime.numerics import set_numerics\n"
             "set_numerics(torch.device('cpu'), False)\n"
             "build_model(ModelConfig(name='deeplabv2_efflite0', num_classes=5))\n"
             "assert 'transformers' not in sys.modules and 'torch._inductor' not in sys.modules, 'imported early'\n"

@@ -10,9 +10,9 @@ from torch._prims_common import alert_not_deterministic
 
 from mfmseg import cli
 from mfmseg.config import ModelConfig, load_config
-from mfmseg.engine.evaluate import evaluate
-from mfmseg.engine.inference import infer_labels
-from mfmseg.engine.numerics import eval_autocast_dtype, set_numerics
+from mfmseg.engine.evaluation.evaluate import evaluate
+from mfmseg.engine.evaluation.inference import infer_labels
+from mfmseg.engine.runtime.numerics import eval_autocast_dtype, set_numerics
 from mfmseg.errors import UserError, user_message
 from mfmseg.models.zoo import build_model
 from mfmseg.uda.step import UDAStep

@@ -17,11 +17,11 @@ from PIL import Image
 from mfmseg.cli import main
 from mfmseg.config import HRDAConfig, ModelConfig, load_config
 from mfmseg.data.synthetic import make_sample
-from mfmseg.engine import onnx_export
-from mfmseg.engine.export import load_inference_model
-from mfmseg.engine.onnx_export import (OPSET, export_network, export_onnx, metadata, sha256_file)
-from mfmseg.engine.onnx_runtime import OnnxSegmentor
-from mfmseg.engine.predict import predict_images
+from mfmseg.engine.evaluation import onnx_export
+from mfmseg.engine.evaluation.export import load_inference_model
+from mfmseg.engine.evaluation.onnx_export import (OPSET, export_network, export_onnx, metadata, sha256_file)
+from mfmseg.engine.evaluation.onnx_runtime import OnnxSegmentor
+from mfmseg.engine.evaluation.predict import predict_images
 from mfmseg.errors import UserError
 from mfmseg.models.heads.daformer import DAFormerHead
 from mfmseg.models.heads.deeplabv3plus import DeepLabV3PlusHead
@@ -39,7 +39,7 @@ NET = ["model.name=deeplabv2_r18", "model.decoder_channels=null", "model.pretrai
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, tiny_overrides) -> dict[str, tuple[Path, Path]]:
     """{"dacs", "mfm"}: (training checkpoint, its ONNX export) of the same network, trained for 2 iterations."""
-    from mfmseg.engine.trainer import train
+    from mfmseg.engine.training.trainer import train
 
     wd = tmp_path_factory.mktemp("onnx")
     result = {}

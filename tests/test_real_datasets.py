@@ -14,7 +14,7 @@ from mfmseg.data.datasets import build_dataset
 from mfmseg.data.labels import CITYSCAPES_PALETTE, IDD_LEVEL1
 from mfmseg.data.prepare import prepare_dataset
 from mfmseg.data.sampling import RareClassSampler
-from mfmseg.engine.evaluate import class_names, class_palette
+from mfmseg.engine.evaluation.evaluate import class_names, class_palette
 from mfmseg.errors import UserError
 
 H, W = 8, 19  # one column per Cityscapes train id
@@ -149,7 +149,7 @@ def test_predict_paints_a_7_class_model_in_its_own_palette_and_refuses_cityscape
     import torch
 
     from mfmseg.config import ModelConfig
-    from mfmseg.engine.predict import predict_images
+    from mfmseg.engine.evaluation.predict import predict_images
     from mfmseg.models.zoo import build_model
 
     torch.manual_seed(0)

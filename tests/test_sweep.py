@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from mfmseg.cli import main
-from mfmseg.engine import sweep
-from mfmseg.engine.sweep import (Run, RunSpec, aggregate, config_difference, mean_std, paired_difference,
-                                 parse_spec, per_class_means, results_markdown, run_state, run_sweep,
-                                 slot_env, threads_per_job, train_argv, visible_gpus)
+from mfmseg.engine.tools import sweep
+from mfmseg.engine.tools.sweep import (Run, RunSpec, aggregate, config_difference, mean_std, paired_difference,
+                                       parse_spec, per_class_means, results_markdown, run_state, run_sweep,
+                                       slot_env, threads_per_job, train_argv, visible_gpus)
 from mfmseg.errors import UserError
 
 
@@ -252,7 +252,7 @@ def test_one_sweep_per_out_folder(tmp_path, fake_trainer):
 SLEEPING_SWEEP = r"""
 import os, sys
 from mfmseg.cli import main
-from mfmseg.engine import sweep
+from mfmseg.engine.tools import sweep
 pids = sys.argv[1]
 child = "import os, time; open(%r, 'a').write(f'{os.getpid()}\\n'); time.sleep(600)" % pids
 sweep.train_argv = lambda run: [sys.executable, "-c", child]

@@ -47,8 +47,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
 from mfmseg.config import load_config
-from mfmseg.engine import trainer
-from mfmseg.engine.checkpoint import load_train_checkpoint
+from mfmseg.engine.runtime.checkpoint import load_train_checkpoint
+from mfmseg.engine.training import trainer
 from mfmseg.uda import ema
 from mfmseg.uda.mfm import Rebuilder
 from mfmseg.uda.step import UDAStep

@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 from transformers import DINOv3ViTModel, Dinov2Config, Dinov2Model
 
 from mfmseg.config import MFMConfig, ModelConfig, OptimConfig, load_config
-from mfmseg.engine.optim import param_groups
+from mfmseg.engine.training.optim import param_groups
 from mfmseg.errors import UserError
 from mfmseg.models.vit import ViTEncoder, default_taps, vit_config
 from mfmseg.models.zoo import MODELS, build_model, count_params
@@ -211,8 +211,8 @@ def test_rebuilder_works_on_the_neck_levels_and_reaches_the_vit():
 
 @pytest.mark.slow
 def test_dacs_mfm_trains_on_the_tiny_vit_and_exports_the_baseline_network(tmp_path, tiny_overrides):
-    from mfmseg.engine.export import export_model, load_inference_model
-    from mfmseg.engine.trainer import train
+    from mfmseg.engine.evaluation.export import export_model, load_inference_model
+    from mfmseg.engine.training.trainer import train
 
     wd = tmp_path / "run"
     # pseudo_threshold 0: a random network is never 96.8 % confident, and MFM's loss is weighted by that fraction
@@ -240,7 +240,7 @@ HRDA_TINY = ["model.hrda.enabled=true", "model.hrda.hr_crop=[64,64]", "model.hrd
 
 @pytest.mark.slow
 def test_hrda_mfm_trains_on_the_tiny_vit_with_checkpointing(tmp_path, tiny_overrides):
-    from mfmseg.engine.trainer import train
+    from mfmseg.engine.training.trainer import train
 
     wd = tmp_path / "hrda"
     overrides = tiny_overrides(wd, *HRDA_TINY, "train.grad_checkpointing=true", "uda.pseudo_threshold=0")

@@ -36,7 +36,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from mfmseg.config import load_config
-    from mfmseg.engine.trainer import train
+    from mfmseg.engine.training.trainer import train
 
     cfg = load_config(args.config, args.overrides)
     summary = train(cfg)
@@ -53,7 +53,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from mfmseg.engine.demo import run_demo
+    from mfmseg.engine.tools.demo import run_demo
 
     run_demo(out=args.out, seeds=tuple(args.seeds), iters=args.iters, fresh=args.fresh, jobs=args.jobs,
              data=args.data)
@@ -61,7 +61,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from mfmseg.engine.sweep import run_sweep, summary_table
+    from mfmseg.engine.tools.sweep import run_sweep, summary_table
 
     results = run_sweep(args.specs, args.seeds, args.out, baseline=args.baseline, jobs=args.jobs, common=args.set)
     print("\n" + summary_table(results) + f"\n\nresults: {args.out}/results.md (.json, .png)")
@@ -74,7 +74,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_select(args: argparse.Namespace) -> int:
     import json
 
-    from mfmseg.engine.select import rank_candidates, ranking_table
+    from mfmseg.engine.evaluation.select import rank_candidates, ranking_table
 
     ranked = rank_candidates(args.runs, args.by)
     print(ranking_table(ranked, args.by, args.top))
@@ -89,7 +89,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
 
 def _cmd_cost(args: argparse.Namespace) -> int:
     from mfmseg.config import list_presets, load_config
-    from mfmseg.engine.cost import TABLE_HEADER, format_plan, memory_plan, memory_plans, table_row
+    from mfmseg.engine.tools.cost import TABLE_HEADER, format_plan, memory_plan, memory_plans, table_row
 
     if args.all:  # every shipped preset: the markdown table of docs/performance.md
         overrides = ([args.preset] if args.preset else []) + args.overrides
@@ -132,7 +132,7 @@ def _load_model(args: argparse.Namespace):
     import torch
 
     from mfmseg.config import check_device, load_config
-    from mfmseg.engine.export import load_inference_model
+    from mfmseg.engine.evaluation.export import load_inference_model
 
     device = check_device(args.device, "--device")
     if device == "auto":
@@ -150,10 +150,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from mfmseg.config import load_config
     from mfmseg.data.datasets import build_dataset
-    from mfmseg.engine.evaluate import evaluate
-    from mfmseg.engine.metrics import format_table
-    from mfmseg.engine.numerics import eval_autocast_dtype
-    from mfmseg.engine.trainer import json_safe
+    from mfmseg.engine.evaluation.evaluate import evaluate
+    from mfmseg.engine.evaluation.metrics import format_table
+    from mfmseg.engine.runtime.numerics import eval_autocast_dtype
+    from mfmseg.engine.training.trainer import json_safe
     from mfmseg.files import atomic_write_text, check_output_file
 
     if args.json:  # before the evaluation, not after it
@@ -175,7 +175,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from mfmseg.engine.predict import predict_images
+    from mfmseg.engine.evaluation.predict import predict_images
     from mfmseg.files import check_output_dir
 
     check_output_dir(args.out, "--out")
@@ -197,20 +197,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from mfmseg.config import load_config
     from mfmseg.files import check_output_file
 
-    from mfmseg.engine.export import check_export_out
+    from mfmseg.engine.evaluation.export import check_export_out
 
     check_output_file(args.out, "--out")
     check_export_out(args.checkpoint, args.out)
     fmt = _export_format(args)
     config = load_config(args.config) if args.config else None
     if fmt == "onnx":
-        from mfmseg.engine.onnx_export import export_onnx
+        from mfmseg.engine.evaluation.onnx_export import export_onnx
 
         result = export_onnx(args.checkpoint, args.out, which=args.which, config=config, labels=args.labels,
                              fixed_size=_parse_size(args.size) if args.size else None)
         print("\n".join(result.summary()))
         return 0
-    from mfmseg.engine.export import export_model
+    from mfmseg.engine.evaluation.export import export_model
 
     out = export_model(args.checkpoint, args.out, which=args.which, config=config)
     print(f"exported inference weights to {out}")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mfmseg.engine.label_free import METRICS
+from mfmseg.engine.evaluation.label_free import METRICS
 from mfmseg.files import read_jsonl
 
 

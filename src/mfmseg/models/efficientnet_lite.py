@@ -54,8 +54,8 @@ class SameConv2d(nn.Conv2d):
     """Conv2d with TensorFlow "SAME" padding: output = ceil(input / stride); extra padding goes right/bottom.
 
     The padding (ceil(n/s) − 1)·s + (k − 1)·d + 1 − n is written through r = n mod s as (k − 1)·d + 1 − (r or s):
-    the same integers, but on the symbolic sizes of an ONNX export (`engine.onnx_export`) n mod 2 of a multiple
-    of 32 is known to be 0, where ceil(n / s) made torch.export reason about nested ceilings (10× slower)."""
+    the same integers, but on the symbolic sizes of an ONNX export (`engine.evaluation.onnx_export`) n mod 2 of a
+    multiple of 32 is known to be 0, where ceil(n / s) made torch.export reason about nested ceilings (10× slower)."""
 
     def forward(self, x: Tensor) -> Tensor:
         pads = []

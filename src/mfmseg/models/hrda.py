@@ -16,7 +16,7 @@ The training loss (`HRDASegmentor.loss`) is (1 − w)·CE(fused) + w·CE(detail 
 
 At inference (`forward`) the detail scale covers the whole input with overlapping `hr_crop` windows (stride
 `detail_stride`), batched through the encoder; their logits are pasted and averaged, and the attention is used
-everywhere. Larger images are tiled by the outer sliding window of `engine.inference` (`eval.mode=slide`).
+everywhere. Larger images are tiled by the outer sliding window of `engine.evaluation.inference` (`eval.mode=slide`).
 
 The contract the UDA step relies on is `models.segmentor.SegmentationModel`, shared with the plain `Segmentor`:
 `encode(x)` → training features (here `MultiResFeatures`), `decode(features)` → training output (here `HRDALogits`),

@@ -1,4 +1,4 @@
-"""One sliding-window mean, shared by `engine.inference` (outer windows over the network input) and HRDA's
+"""One sliding-window mean, shared by `engine.evaluation.inference` (outer windows over the network input) and HRDA's
 detail scale (`HRDASegmentor.slide_detail`): both run a function on overlapping crops and average the outputs
 where the crops overlap. One copy, so the window placement and the averaging cannot drift apart."""
 

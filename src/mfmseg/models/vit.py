@@ -29,7 +29,7 @@ pass is shared with the other losses and the exported network is the baseline ne
 level is 16×16 = the paper's grid: one token covers 1/256 of the crop (32×32 px; the paper's "≈ 1/512 of the
 image" counts a 1024×512 Cityscapes image, 2 crops wide).
 
-Optimiser hooks (`engine.optim.layerwise_groups`): `num_layers` = depth + 1, `layer_id(name)` = 0 for the patch
+Optimiser hooks (`engine.training.optim.layerwise_groups`): `num_layers` = depth + 1, `layer_id(name)` = 0 for the patch
 embedding and tokens, i + 1 for block i, depth + 1 for the final norm and the neck; `no_weight_decay()` names the
 position embedding, class/register/mask tokens, layer-scale and bias parameters (DINOv2's own recipe).
 """
@@ -157,7 +157,7 @@ class ViTEncoder(nn.Module):
             raise ValueError(f"taps must be 4 block numbers in 1..{depth}, got {self.taps}")
         self.neck = SimplePyramid(dim)
         self.feature_info = [FeatureInfo(c, s) for c, s in zip(self.neck.channels, (4, 8, 16, 32))]
-        self.num_layers = depth + 1  # engine.optim: layer ids 0 (embeddings) .. depth + 1 (norm, neck)
+        self.num_layers = depth + 1  # engine.training.optim: layer ids 0 (embeddings) .. depth + 1 (norm, neck)
         self.name = f"{self.family.label}_vit{size}{self.patch_size}"  # e.g. dinov2_vitl14, dinov3_vitl16
         # pre-training's masked-image token: segmentation never masks ViT inputs (MFM masks after the neck), and
         # a parameter that never gets a gradient would stall DDP
@@ -185,7 +185,7 @@ class ViTEncoder(nn.Module):
         else:
             self.vit.activation_checkpointing_disable()
 
-    # ---- optimiser hooks (engine.optim.layerwise_groups) -----------------------------------------------------
+    # ---- optimiser hooks (engine.training.optim.layerwise_groups) ---------------------------------------------
     def layer_id(self, name: str) -> int:
         """0: patch embedding, tokens; i + 1: block i; num_layers: the final norm and the neck (full lr)."""
         if name.startswith("vit.embeddings."):

@@ -27,18 +27,19 @@ from tqdm import tqdm
 from mfmseg.config import Config, to_dict, to_yaml
 from mfmseg.data.datasets import SegmentationDataset, build_dataset
 from mfmseg.data.sampling import build_uda_loader
-from mfmseg.engine import report
-from mfmseg.engine.checkpoint import (TRAIN_FORMAT, TRAIN_SECTIONS, atomic_torch_save, keep_previous,
-                                      load_train_checkpoint, rng_state, run_info, set_rng_state, state_health)
-from mfmseg.engine.distributed import (DistContext, all_ranks_agree, allreduce_gradients, broadcast_state,
-                                       init_distributed, shutdown_distributed)
-from mfmseg.engine.evaluate import class_names, class_palette, evaluate
-from mfmseg.engine.numerics import AMP_DTYPES, eval_autocast_dtype, set_numerics
-from mfmseg.engine.export import save_inference_model
-from mfmseg.engine.label_free import METRICS, label_free_metrics, source_distribution_of
-from mfmseg.engine.optim import apply_lr, build_optimizer, param_groups
-from mfmseg.engine.resume import apply_group_settings, check_resume_config, fresh_group_settings
-from mfmseg.engine.select import check_select_by, is_better, kept_checkpoint, metric_value
+from mfmseg.engine.evaluation import report
+from mfmseg.engine.evaluation.evaluate import class_names, class_palette, evaluate
+from mfmseg.engine.evaluation.export import save_inference_model
+from mfmseg.engine.evaluation.label_free import METRICS, label_free_metrics, source_distribution_of
+from mfmseg.engine.evaluation.select import check_select_by, is_better, kept_checkpoint, metric_value
+from mfmseg.engine.runtime.checkpoint import (TRAIN_FORMAT, TRAIN_SECTIONS, atomic_torch_save, keep_previous,
+                                              load_train_checkpoint, rng_state, run_info, set_rng_state,
+                                              state_health)
+from mfmseg.engine.runtime.distributed import (DistContext, all_ranks_agree, allreduce_gradients, broadcast_state,
+                                               init_distributed, shutdown_distributed)
+from mfmseg.engine.runtime.numerics import AMP_DTYPES, eval_autocast_dtype, set_numerics
+from mfmseg.engine.training.optim import apply_lr, build_optimizer, param_groups
+from mfmseg.engine.training.resume import apply_group_settings, check_resume_config, fresh_group_settings
 from mfmseg.errors import UserError
 from mfmseg.files import atomic_write_text, check_output_dir, exclusive_lock, read_jsonl
 from mfmseg.models.zoo import build_model

@@ -15,8 +15,8 @@ from torch import nn
 
 from mfmseg import __version__
 from mfmseg.config import Config, config_from_dict, to_dict
-from mfmseg.engine.checkpoint import TRAIN_FORMAT, atomic_torch_save, load_torch_file, require_keys
-from mfmseg.engine.evaluate import class_names, class_palette
+from mfmseg.engine.evaluation.evaluate import class_names, class_palette
+from mfmseg.engine.runtime.checkpoint import TRAIN_FORMAT, atomic_torch_save, load_torch_file, require_keys
 from mfmseg.errors import ONNX_MODEL, UserError, what_file_is
 from mfmseg.models.released import load_released_checkpoint
 from mfmseg.models.weights import load_strict
@@ -71,7 +71,7 @@ def load_inference_model(path: str | Path, device: str | torch.device = "cpu", w
     `OnnxSegmentor` (onnxruntime) with the same `predict` contract, so predict/evaluate run it unchanged."""
     _check_which(which)
     if Path(path).suffix.lower() == ".onnx":
-        from mfmseg.engine.onnx_runtime import load_onnx_model  # onnxruntime is optional: import on use
+        from mfmseg.engine.evaluation.onnx_runtime import load_onnx_model  # onnxruntime is optional: import on use
 
         return load_onnx_model(path, str(device), which)
     if Path(path).suffix == ".safetensors":  # only released weights come as safetensors: ours are torch.save'd

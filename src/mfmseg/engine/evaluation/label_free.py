@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mfmseg.engine.numerics import autocast
+from mfmseg.engine.runtime.numerics import autocast
 
 # name -> True when higher is better: what `train.select_by` and `mfmseg select` rank by
 METRICS: dict[str, bool] = {"entropy": False, "im": True, "confident": True, "flip_consistency": True,

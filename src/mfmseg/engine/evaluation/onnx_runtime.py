@@ -1,7 +1,7 @@
 """Run an exported `.onnx` segmentor in onnxruntime behind the same small contract as a PyTorch Segmentor.
 
-`engine.inference` (whole image, sliding windows, banded argmax) and therefore `predict` and `evaluate` only ask a
-model for `predict(x) -> logits at x's size`, `size_multiple` and `num_classes` (`inference.Predictor`).
+`engine.evaluation.inference` (whole image, sliding windows, banded argmax) and therefore `predict` and `evaluate`
+only ask a model for `predict(x) -> logits at x's size`, `size_multiple` and `num_classes` (`inference.Predictor`).
 `OnnxSegmentor` provides exactly that around an onnxruntime session, so the ONNX path reuses every line of that
 machinery instead of keeping a second copy that could drift. What it adds is what a graph cannot say by itself:
 its metadata (classes, normalisation, size multiple, the training config) and one clear error for a bad size,

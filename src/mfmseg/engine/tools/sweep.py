@@ -463,7 +463,7 @@ def results_markdown(results: Mapping) -> str:
 # ---- writing -------------------------------------------------------------------------------------------------
 def plot_results(results: Mapping, path: Path) -> Path | None:
     """Per label a bar (mean mIoU over seeds) with each seed's value as a dot."""
-    from mfmseg.engine import report  # sets matplotlib's Agg backend; its atomic figure writer (imports torch)
+    from mfmseg.engine.evaluation import report  # sets matplotlib's Agg backend; atomic figure writer (imports torch)
     import matplotlib.pyplot as plt
 
     labels = [lb for lb, e in results["labels"].items() if e["mIoU"]["n"]]

@@ -9,10 +9,10 @@ from tqdm import tqdm
 
 from mfmseg.config import EvalConfig
 from mfmseg.data.labels import CLASS_SETS
-from mfmseg.engine.distributed import DistContext
-from mfmseg.engine.inference import infer_labels
-from mfmseg.engine.metrics import ConfusionMatrix, summarize
-from mfmseg.engine.numerics import autocast
+from mfmseg.engine.evaluation.inference import infer_labels
+from mfmseg.engine.evaluation.metrics import ConfusionMatrix, summarize
+from mfmseg.engine.runtime.distributed import DistContext
+from mfmseg.engine.runtime.numerics import autocast
 from mfmseg.errors import UserError
 
 

@@ -19,10 +19,10 @@ from mfmseg.config import Config
 from mfmseg.data.datasets import read_image
 from mfmseg.data.labels import TRAIN_ID_TO_CITYSCAPES_ID
 from mfmseg.data.transforms import normalize, target_size
-from mfmseg.engine.evaluate import class_palette
-from mfmseg.engine.inference import infer_labels
-from mfmseg.engine.numerics import autocast, eval_autocast_dtype
-from mfmseg.engine.report import colorize
+from mfmseg.engine.evaluation.evaluate import class_palette
+from mfmseg.engine.evaluation.inference import infer_labels
+from mfmseg.engine.evaluation.report import colorize
+from mfmseg.engine.runtime.numerics import autocast, eval_autocast_dtype
 from mfmseg.errors import UserError
 from mfmseg.files import atomic_write, check_output_dir
 

@@ -34,9 +34,9 @@ from mfmseg.config import Config, to_dict
 from mfmseg.data.labels import IMAGENET_MEAN, IMAGENET_STD
 from mfmseg.data.synthetic import make_sample
 from mfmseg.data.transforms import normalize
-from mfmseg.engine.evaluate import class_names, class_palette
-from mfmseg.engine.export import load_inference_model
-from mfmseg.engine.onnx_runtime import ONNX_FORMAT, OnnxSegmentor, require_modules
+from mfmseg.engine.evaluation.evaluate import class_names, class_palette
+from mfmseg.engine.evaluation.export import load_inference_model
+from mfmseg.engine.evaluation.onnx_runtime import ONNX_FORMAT, OnnxSegmentor, require_modules
 from mfmseg.errors import UserError
 from mfmseg.files import atomic_path
 from mfmseg.models.hrda import HRDASegmentor

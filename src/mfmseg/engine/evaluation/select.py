@@ -1,7 +1,7 @@
 """Rank the evaluations of one or several runs by a label-free metric: which checkpoint to keep without target
 labels (`mfmseg select RUN_DIR... --by METRIC`, issue 19).
 
-Every evaluation of a run logs its label-free metrics in `metrics.jsonl` (`engine.label_free`); with
+Every evaluation of a run logs its label-free metrics in `metrics.jsonl` (`engine.evaluation.label_free`); with
 `train.keep_checkpoints=true` the inference weights of each evaluated iteration are kept as
 `checkpoints/iter_<N>.pth`. Ranking reads only these files: no model is run. Where the val split had labels, the
 table shows the true mIoU beside the metric, so the ranking can be checked, but never uses it.
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from mfmseg.engine.label_free import METRICS
+from mfmseg.engine.evaluation.label_free import METRICS
 from mfmseg.errors import UserError
 from mfmseg.files import read_jsonl
 

@@ -1,0 +1,1 @@
+"""Shared by training and evaluation: numeric precision (AMP, determinism), processes (DDP), checkpoint files."""

@@ -1,0 +1,1 @@
+"""Tools built on training and evaluation: seed sweeps, the synthetic demo, the memory/time cost plan."""

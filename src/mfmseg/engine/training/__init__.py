@@ -1,0 +1,1 @@
+"""Training: the trainer loop, the optimiser and its schedule, resume checks."""
