@@ -13,7 +13,7 @@ the trainer's own parts (`train_step.build_bench`: model zoo, UDA step, optimise
 - a one-rank process group (nccl on CUDA, gloo on CPU) through the trainer's gradient averaging, buffer broadcast
   and agreement (`engine.runtime.distributed`): its time, and that averaging over one rank leaves every gradient
   as it was.
-Then `train.compile` on `--compile-preset` (the trainer's `compile_networks`: student, teacher, FD copy): the first
+Then `train.compile` on `--compile-preset` (`build_training_assembly`: student, teacher, FD copy): the first
 iteration (graph capture + code generation) and s/step compiled against eager. Skipped, and said so, when less than
 COMPILE_RESERVE_S of `--budget-s` is left. The JSON is rewritten after each preset, so a crash keeps what ran.
 
@@ -48,7 +48,7 @@ from mfmseg.engine.evaluation.evaluate import evaluate  # noqa: E402
 from mfmseg.engine.runtime.distributed import (_buckets, all_ranks_agree, allreduce_gradients,  # noqa: E402
                                                broadcast_state)
 from mfmseg.engine.runtime.numerics import AMP_DTYPES, eval_autocast_dtype, set_numerics  # noqa: E402
-from mfmseg.engine.training.trainer import compile_networks, seed_iteration  # noqa: E402
+from mfmseg.engine.training.trainer import seed_iteration  # noqa: E402
 from mfmseg.errors import UserError, first_line  # noqa: E402
 from mfmseg.files import check_output_dir  # noqa: E402
 
@@ -195,8 +195,7 @@ def check_preset(preset: str, overrides: list[str], args: argparse.Namespace) ->
 
 def check_compile(preset: str, overrides: list[str], args: argparse.Namespace, eager_sec: float | None) -> dict:
     """`train.compile` as the trainer does it; the first iteration holds graph capture and code generation."""
-    bench = build_bench(preset, overrides)
-    compile_networks(bench.step.networks(), backend=args.compile_backend)
+    bench = build_bench(preset, [*overrides, "train.compile=true"], {"backend": args.compile_backend})
     dtype = AMP_DTYPES[args.amp]
     first = time_steps(bench, 1, 0, dtype)[0]
     times = time_steps(bench, args.steps, args.warmup, dtype)

@@ -53,26 +53,23 @@ class StepBench(NamedTuple):
         return losses
 
 
-def build_bench(preset: str, overrides: list[str]) -> StepBench:
-    """Student, UDA step, optimiser and a random batch (source images + labels, target images) of the preset's
-    crop and batch size, on `train.device`; the weights are random (`model.pretrained=null`: no download)."""
+def build_bench(preset: str, overrides: list[str], compile_options: dict | None = None) -> StepBench:
+    """Student, UDA step, optimiser (the trainer's `build_training_assembly`: checkpointing, SyncBatchNorm and
+    `train.compile` with `compile_options` as in training) and a random batch (source images + labels, target
+    images) of the preset's crop and batch size, on `train.device`; the weights are random
+    (`model.pretrained=null`: no download)."""
     import torch
 
     from mfmseg.config import load_config
     from mfmseg.engine.runtime.distributed import DistContext
-    from mfmseg.engine.training.optim import build_optimizer, param_groups
+    from mfmseg.engine.training.assembly import build_training_assembly
     from mfmseg.engine.training.trainer import resolve_device, seed_iteration
-    from mfmseg.models.zoo import build_model
-    from mfmseg.uda.step import UDAStep
 
     cfg = load_config(preset, ["model.pretrained=null", *overrides])
     device = resolve_device(cfg.train.device, DistContext())
     seed_iteration(0, 0, 0)
-    student = build_model(cfg.model).to(device)
-    if cfg.train.grad_checkpointing:
-        student.set_grad_checkpointing(True)
-    step = UDAStep(student, cfg.uda, crop_hw=tuple(cfg.data.target.crop), device=device)
-    opt = build_optimizer(param_groups(student, cfg.optim, step.param_parts()), cfg.optim)
+    assembly = build_training_assembly(cfg, device, compile_options=compile_options)
+    student, step, opt = assembly.student, assembly.step, assembly.optimizer
     b, (h, w) = cfg.data.batch_size, cfg.data.target.crop
     label = torch.randint(0, cfg.model.num_classes, (b, h, w), device=device)
     label[:, : h // 4] = 10  # a large class (sky), as in street scenes

@@ -48,7 +48,7 @@ from torch.utils._pytree import tree_map
 
 from mfmseg.config import load_config
 from mfmseg.engine.runtime.checkpoint import load_train_checkpoint
-from mfmseg.engine.training import trainer
+from mfmseg.engine.training import assembly, trainer
 from mfmseg.uda import ema
 from mfmseg.uda.mfm import Rebuilder
 from mfmseg.uda.step import UDAStep
@@ -185,7 +185,7 @@ def float64_training() -> Iterator[None]:
     """`trainer.train` in float64 with float32's random draws, on one intra-op thread (see the module docstring)."""
     threads = torch.get_num_threads()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(trainer, "UDAStep", lambda *a, **k: UDAStep(*a, **k).double())  # before the optimiser exists
+        mp.setattr(assembly, "UDAStep", lambda *a, **k: UDAStep(*a, **k).double())  # before the optimiser exists
         mp.setattr(trainer, "_to_device", _to_device_float64)
         mp.setattr(torch.Tensor, "float", _float_keeping_float64)
         torch.set_num_threads(1)

@@ -28,8 +28,8 @@ from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTens
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from mfmseg.config import Config
+from mfmseg.engine.training.assembly import build_training_assembly
 from mfmseg.errors import UserError
-from mfmseg.models.zoo import build_model
 from mfmseg.uda.step import UDAStep
 
 GiB = 2**30
@@ -185,9 +185,9 @@ def fake_step(cfg: Config, mode: FakeTensorMode | None = None) -> tuple[UDAStep,
     hence the detour.) Pass one `mode` for every model a process fakes: tensors of two fake modes never mix, and
     a library may cache a tensor across models."""
     mode = mode or ShapeOnlyMode()
-    model_cfg = dataclasses.replace(cfg.model, pretrained=None)
+    networks_only = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, pretrained=None))
     with torch.device("meta"):
-        step = UDAStep(build_model(model_cfg), cfg.uda, crop_hw=tuple(cfg.data.target.crop), device="meta")
+        step = build_training_assembly(networks_only, "meta", optimizer=False, runnable=False).step
     give_fake_tensors(step, mode)
     step.device = torch.device("cpu")
     return step, mode

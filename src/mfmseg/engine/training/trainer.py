@@ -38,12 +38,11 @@ from mfmseg.engine.runtime.checkpoint import (TRAIN_FORMAT, TRAIN_SECTIONS, atom
 from mfmseg.engine.runtime.distributed import (DistContext, all_ranks_agree, allreduce_gradients, broadcast_state,
                                                init_distributed, shutdown_distributed)
 from mfmseg.engine.runtime.numerics import AMP_DTYPES, eval_autocast_dtype, set_numerics
-from mfmseg.engine.training.optim import apply_lr, build_optimizer, param_groups
+from mfmseg.engine.training.assembly import build_training_assembly
+from mfmseg.engine.training.optim import apply_lr
 from mfmseg.engine.training.resume import apply_group_settings, check_resume_config, fresh_group_settings
 from mfmseg.errors import UserError
 from mfmseg.files import atomic_write_text, check_output_dir, exclusive_lock, read_jsonl
-from mfmseg.models.zoo import build_model
-from mfmseg.uda.step import UDAStep
 
 
 def resolve_device(name: str, ctx: DistContext) -> torch.device:
@@ -61,17 +60,6 @@ def pins_memory(device: torch.device) -> bool:
     """Page-locked loader batches only for a CUDA device: there they make the host-to-GPU copies asynchronous; on
     CPU pinning buys nothing (and warns without an accelerator)."""
     return device.type == "cuda"
-
-
-def compile_networks(networks: list[torch.nn.Module], **options: Any) -> None:
-    """`torch.compile` every part (encoder, decode head, HRDA's scale attention) of each network, in place: the
-    step calls `encode` and `decode` separately, so parts, not whole models; in place, so that parameter names
-    (checkpoints, export) stay those of the plain model. The teacher's and the ImageNet copy's forwards (the
-    teacher's HRDA sliding-window pass is one of the costliest of a step) are compiled too. `options` go to
-    `torch.compile` (a benchmark's backend)."""
-    for net in networks:
-        for part in net.children():
-            part.compile(**options)
 
 
 def seed_iteration(seed: int, rank: int, iteration: int) -> None:
@@ -167,17 +155,8 @@ class Trainer:
         check_select_by(cfg.train.select_by, self.val_set, cfg.eval.label_free)  # before the work dir exists
         resume_from = self._prepare_work_dir()
         seed_iteration(cfg.seed, 0, -1)  # identical initial weights on every rank
-        self.student = build_model(cfg.model).to(self.device)
-        if cfg.train.grad_checkpointing:
-            self.student.set_grad_checkpointing(True)
-        if cfg.train.sync_bn:
-            if not (self.ctx.enabled and self.device.type == "cuda"):
-                raise UserError("train.sync_bn=true needs a multi-GPU run (torchrun on CUDA devices)")
-            self.student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.student)
-        self.step = UDAStep(self.student, cfg.uda, crop_hw=tuple(cfg.data.target.crop), device=self.device)
-        if cfg.train.compile:  # after the teacher and FD copies exist: a deep copy drops a module's compiled call
-            compile_networks(self.step.networks())
-        self.optimizer = build_optimizer(param_groups(self.student, cfg.optim, self.step.param_parts()), cfg.optim)
+        assembly = build_training_assembly(cfg, self.device, self.ctx)
+        self.student, self.step, self.optimizer = assembly.student, assembly.step, assembly.optimizer
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.start_iter = self._resume(resume_from) if resume_from is not None else 0
         self.saved_at: dict[str, int] = {"latest.pth": self.start_iter} if resume_from is not None else {}
