@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 
 from mfmseg.cli import main
-from mfmseg.engine.tools import sweep
-from mfmseg.engine.tools.sweep import (Run, RunSpec, aggregate, config_difference, mean_std, paired_difference,
-                                       parse_spec, per_class_means, results_markdown, run_state, run_sweep,
-                                       slot_env, threads_per_job, train_argv, visible_gpus)
+from mfmseg.engine.tools.sweep import processes, progress
+from mfmseg.engine.tools.sweep.aggregation import aggregate, mean_std, paired_difference, per_class_means
+from mfmseg.engine.tools.sweep.plan import Run, RunSpec, config_difference, parse_spec, run_state
+from mfmseg.engine.tools.sweep.processes import slot_env, threads_per_job, train_argv, visible_gpus
+from mfmseg.engine.tools.sweep.results import results_markdown
+from mfmseg.engine.tools.sweep.run import run_sweep
 from mfmseg.errors import UserError
 
 
@@ -100,7 +102,7 @@ def test_run_state_and_train_argv(tmp_path):
 
 
 def test_threads_per_job_divides_cores_and_respects_the_users_cap(monkeypatch):
-    monkeypatch.setattr(sweep.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr(processes.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert [threads_per_job(n) for n in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
@@ -196,8 +198,8 @@ lock = any(target(fd).endswith(".sweep.lock") for fd in os.listdir("/proc/self/f
 
 @pytest.fixture
 def fake_trainer(monkeypatch):
-    monkeypatch.setattr(sweep, "train_argv", lambda run: [sys.executable, "-c", FAKE_TRAIN, str(run.work_dir),
-                                                          str(run.seed), run.spec.label, run.state])
+    monkeypatch.setattr(processes, "train_argv", lambda run: [sys.executable, "-c", FAKE_TRAIN, str(run.work_dir),
+                                                              str(run.seed), run.spec.label, run.state])
 
 
 def test_failed_runs_are_reported_the_rest_goes_on_and_a_rerun_continues(tmp_path, capsys, fake_trainer):
@@ -252,10 +254,10 @@ def test_one_sweep_per_out_folder(tmp_path, fake_trainer):
 SLEEPING_SWEEP = r"""
 import os, sys
 from mfmseg.cli import main
-from mfmseg.engine.tools import sweep
+from mfmseg.engine.tools.sweep import processes
 pids = sys.argv[1]
 child = "import os, time; open(%r, 'a').write(f'{os.getpid()}\\n'); time.sleep(600)" % pids
-sweep.train_argv = lambda run: [sys.executable, "-c", child]
+processes.train_argv = lambda run: [sys.executable, "-c", child]
 sys.exit(main(["sweep", "a=synthetic_dacs", "--seeds", "0", "1", "--jobs", "2", "--out", sys.argv[2]]))
 """
 
@@ -354,15 +356,15 @@ def test_live_progress_of_running_trainings(tmp_path):
     (runs[0].work_dir / "metrics.jsonl").write_text(
         '{"kind": "train", "iter": 30, "it_per_s": 1.0}\n{"kind": "val", "iter": 40, "mIoU": 3.0}\n'
         '{"kind": "train", "iter": 40, "it_per_s": 2.0}\n{"kind": "train", "iter": 41, "it_')  # a row being written
-    assert sweep.run_progress(runs[0]) == "dacs s0: 40/100 it, 2.00 it/s, ETA 0:30"
-    assert sweep.run_progress(runs[1]) == "dacs s1: starting"
+    assert progress.run_progress(runs[0]) == "dacs s0: 40/100 it, 2.00 it/s, ETA 0:30"
+    assert progress.run_progress(runs[1]) == "dacs s1: starting"
     terminal = _Terminal()
-    live = sweep.LiveLine(terminal)
+    live = progress.LiveLine(terminal)
     live.draw(runs)
     live.draw(runs)  # within a second: not redrawn
     assert terminal.text == "\rdacs s0: 40/100 it, 2.00 it/s, ETA 0:30 | dacs s1: starting\x1b[K"
     live.clear()
     assert terminal.text.endswith("\r\x1b[K")
     log = _Terminal(tty=False)
-    sweep.LiveLine(log).draw(runs)
+    progress.LiveLine(log).draw(runs)
     assert log.text == ""

@@ -61,7 +61,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from mfmseg.engine.tools.sweep import run_sweep, summary_table
+    from mfmseg.engine.tools.sweep.results import summary_table
+    from mfmseg.engine.tools.sweep.run import run_sweep
 
     results = run_sweep(args.specs, args.seeds, args.out, baseline=args.baseline, jobs=args.jobs, common=args.set)
     print("\n" + summary_table(results) + f"\n\nresults: {args.out}/results.md (.json, .png)")

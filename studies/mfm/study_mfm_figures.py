@@ -48,8 +48,8 @@ def mean_curve(label_dir: Path, key: str) -> dict[int, float]:
 
 def summary_table(sweep: Path, baseline: str) -> str:
     """Every finished run under `sweep/runs/<label>/seed<S>/summary.json`, aggregated and paired by seed."""
-    from mfmseg.engine.tools.sweep import aggregate
-    from mfmseg.engine.tools.sweep import summary_table as table
+    from mfmseg.engine.tools.sweep.aggregation import aggregate
+    from mfmseg.engine.tools.sweep.results import summary_table as table
 
     records, labels, seeds = [], [], set()
     for summary in sorted(sweep.glob("runs/*/seed*/summary.json")):

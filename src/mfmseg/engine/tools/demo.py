@@ -16,7 +16,8 @@ from pathlib import Path
 from mfmseg.data.prepare import prepare_dataset
 from mfmseg.data.synthetic import write_benchmark
 from mfmseg.engine.evaluation import report
-from mfmseg.engine.tools.sweep import run_sweep, summary_table
+from mfmseg.engine.tools.sweep.results import summary_table
+from mfmseg.engine.tools.sweep.run import run_sweep
 from mfmseg.files import atomic_write_text, read_jsonl
 
 DEMO_RUNS = [  # (label, preset): the sweep's run specs
