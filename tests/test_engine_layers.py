@@ -23,12 +23,12 @@ def _mfmseg_imports(path: Path) -> list[str]:
 def test_engine_sub_packages_import_one_way():
     wrong = []
     for layer, package in enumerate(LAYERS):
-        for path in (SRC / "engine" / package).glob("*.py"):
+        for path in (SRC / "engine" / package).rglob("*.py"):
             for name in _mfmseg_imports(path):
                 parts = name.split(".")
                 if name.startswith("mfmseg.cli") or (parts[1:2] == ["engine"] and len(parts) > 2 and (
                         parts[2] not in LAYERS or LAYERS.index(parts[2]) > layer)):
-                    wrong.append(f"engine/{package}/{path.name} imports {name}")
+                    wrong.append(f"{path.relative_to(SRC)} imports {name}")
     assert not wrong, wrong
 
 
