@@ -242,8 +242,8 @@ class TrainConfig:
     sync_bn: bool = False
     deterministic: bool = False  # strict: slower; an op without a deterministic kernel is an error
     dist_timeout_s: int = ranged(1800, ">=1")  # multi-GPU: how long a rank waits in a collective for the others
-    # keep best.pth by this metric at each evaluation: a label-free one (engine/evaluation/label_free.py: entropy, im, ...;
-    # no target labels needed) or mIoU (needs a labelled val split); None = keep only latest.pth
+    # keep best.pth by this metric at each evaluation: a label-free one (engine/evaluation/label_free.py: entropy,
+    # im, ...; no target labels needed) or mIoU (needs a labelled val split); None = keep only latest.pth
     select_by: Optional[str] = None
     keep_checkpoints: bool = False  # the inference weights of every evaluated iteration in checkpoints/ (mfmseg select)
 
