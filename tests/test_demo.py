@@ -50,6 +50,7 @@ def test_verdict_states_the_gains_and_how_much_mfm_acted(tmp_path):
     assert "gained 19.0 mIoU points over source-only (11.0 -> 30.0" in text
     assert "MFM added 1.00 points on top of DACS (seed-paired, positive on 1 of 2 seeds)" in text
     assert "within seed noise" in text and "averaged only 0.28 over the last third" in text
+    assert "studies/real_images/README.md" in text  # the synthetic reading points at the real-image one
     _log(tmp_path / "m2", [0.7, 0.8, 0.9])
     results["runs"] = [{"label": "DACS+MFM", "work_dir": str(tmp_path / "m2")}]
     assert "averaged only" not in verdict(results)  # q >= 0.6: MFM acted
