@@ -133,6 +133,22 @@ def test_rare_class_sampling_counts_in_the_runs_class_set(tmp_path):
     assert int(np.argmin(rcs.probs)) == 3 and rcs.files[3] == [0, 1]
 
 
+def test_rare_class_sampling_needs_only_the_file_it_reads_and_names_it_when_missing(tmp_path):
+    _kitti(tmp_path, labels="semantic")
+    prepare_dataset("kitti", tmp_path, nproc=1)
+    (tmp_path / "sample_class_stats_dict.json").unlink()  # DAFormer's other two files: not read
+    (tmp_path / "samples_with_class.json").unlink()
+    ds = build_dataset(DatasetConfig(kind="kitti", root=str(tmp_path), split="training", resize=[W, H],
+                                     crop=[H, H]), "train", num_classes=19)
+    assert RareClassSampler(tmp_path, RCSConfig(min_pixels=0), ds).classes == list(range(19))
+    (tmp_path / "sample_class_stats.json").unlink()
+    with pytest.raises(UserError) as err:
+        RareClassSampler(tmp_path, RCSConfig(min_pixels=0), ds)
+    msg = str(err.value)
+    assert "\n" not in msg and str(tmp_path / "sample_class_stats.json") in msg and "mfmseg prepare" in msg
+    assert "samples_with_class" not in msg
+
+
 def test_a_class_set_fixes_the_class_count_and_names(tmp_path):
     with pytest.raises(UserError, match="set model.num_classes=7"):
         load_config("real_kitti2idd_effl0_dacs", ["model.num_classes=19"])

@@ -3,8 +3,9 @@
 For every label file a `*_labelTrainIds.png` is written beside it (ids outside the dataset's mapping -> 255), and
 the dataset root gets `sample_class_stats.json` (a list of {"<trainId>": pixels, ..., "file": path}),
 `sample_class_stats_dict.json` ({path: {"<trainId>": pixels}}) and `samples_with_class.json`
-({"<trainId>": [[path, pixels], ...]}), counted at full resolution over the training split. Paths are relative
-to the dataset root (DAFormer stores cwd-relative paths; root-relative ones survive moving the dataset).
+({"<trainId>": [[path, pixels], ...]}), counted at full resolution over the training split; rare class sampling
+reads only the first. Paths are relative to the dataset root (DAFormer stores cwd-relative paths; root-relative ones
+survive moving the dataset).
 Idempotent: existing train-id files are reused after a check (mode, ids the mapping writes), never converted again
 unless `--overwrite`; all writes are atomic, and the temporary files of a prepare killed mid-write are removed by
 the next one.
@@ -102,6 +103,8 @@ def _convert(job: tuple) -> dict:
     return stats
 
 
+# DAFormer's three files. Rare class sampling (data.sampling) and the label-free class distribution read only the
+# first; the other two are written so that a prepared dataset has DAFormer's format complete.
 STATS_FILES = ("sample_class_stats.json", "sample_class_stats_dict.json", "samples_with_class.json")
 
 

@@ -24,15 +24,15 @@ class RareClassSampler:
     """P(c) = softmax((1 - f_c) / T) over the classes of the source statistics; then a file with > min_pixels of c."""
 
     def __init__(self, root: Path, cfg: RCSConfig, dataset: SegmentationDataset) -> None:
-        stats_file = Path(root) / "samples_with_class.json"
-        freq_file = Path(root) / "sample_class_stats.json"
-        if not stats_file.is_file() or not freq_file.is_file():
+        # the one file it reads: per-file pixel counts, summed here into the run's class set (a coarser
+        # `data.classes` sums the classes it merges); prepare's two other files keep DAFormer's format complete
+        stats_file = Path(root) / "sample_class_stats.json"
+        if not stats_file.is_file():
             raise UserError(f"rare class sampling needs {stats_file}: run `mfmseg prepare` on {root} "
                             f"(or set data.rcs.enabled=false)")
-        # per-file pixel counts, in the run's class set (a coarser `data.classes` sums the classes it merges)
         remap = dataset.remap
         per_file: list[tuple[str, dict[int, int]]] = []
-        for s in json.loads(freq_file.read_text()):
+        for s in json.loads(stats_file.read_text()):
             counts: dict[int, int] = {}
             for k, v in s.items():
                 if k != "file":
