@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from mfmseg.cli import main
 from mfmseg.config import Config, DataConfig, DatasetConfig, RCSConfig, load_config
 from mfmseg.data.datasets import build_dataset
 from mfmseg.data.labels import CITYSCAPES_PALETTE, IDD_LEVEL1
+from mfmseg.data.layouts import LAYOUTS
 from mfmseg.data.prepare import prepare_dataset
 from mfmseg.data.sampling import RareClassSampler
 from mfmseg.engine.evaluation.evaluate import class_names, class_palette
@@ -70,6 +72,32 @@ def test_prepare_kitti_reads_colour_or_id_labels_to_the_same_train_ids(tmp_path,
     assert (train_ids == want).all()
     stats = json.loads((tmp_path / "sample_class_stats.json").read_text())
     assert len(stats) == 2 and stats[0]["file"] == f"training/{labels}/000000_10_labelTrainIds.png"
+
+
+def test_pairs_say_whether_their_label_is_colour_coded_and_prepare_follows_the_flag(tmp_path, monkeypatch):
+    _kitti(tmp_path / "rgb", labels="semantic_rgb", n=1)
+    _kitti(tmp_path / "ids", labels="semantic", n=1)
+    _kitti(tmp_path / "ids", labels="semantic_rgb", n=1)  # both folders: the label ids win
+    kitti = LAYOUTS["kitti"]
+    assert [p.color_label for p in kitti.find_pairs(tmp_path / "rgb", "training", False)] == [True]
+    assert [p.color_label for p in kitti.find_pairs(tmp_path / "ids", "training", False)] == [False]
+    _, label, color = kitti.find_pairs(tmp_path / "ids", "training", False)[0]
+    assert label == tmp_path / "ids/training/semantic/000000_10.png" and not color
+    # the flag, not the name of the label's folder, decides: colour labels one folder deeper (per city) decode
+    nested = replace(kitti, image_dir="img/{split}", label_dir="ids/{split}", color_label_dir="rgb/{split}")
+    monkeypatch.setitem(LAYOUTS, "kitti", nested)
+    for name in ("a", "b"):
+        Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(_mkdir(tmp_path / f"n/img/training/{name}/x.png"))
+        Image.fromarray(_every_class_rgb()).save(_mkdir(tmp_path / f"n/rgb/training/{name}/x.png"))
+    assert all(p.color_label for p in nested.find_pairs(tmp_path / "n", "training", False))
+    prepare_dataset("kitti", tmp_path / "n", nproc=1)
+    train_ids = np.asarray(Image.open(tmp_path / "n/rgb/training/a/x_labelTrainIds.png"))
+    assert train_ids[0].tolist() == list(range(W))
+
+
+def _mkdir(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def test_prepare_kitti_refuses_a_colour_label_off_the_palette_in_one_line(tmp_path, capsys):

@@ -84,9 +84,10 @@ class SegmentationDataset(Dataset):
         except ValueError as e:
             raise UserError(f"{cfg.kind} dataset at {cfg.root}: {e}; set data.classes={native} or use another "
                             f"dataset") from None
-        self.pairs = LAYOUTS[cfg.kind].find_pairs(self.root, cfg.split, need_train_ids=mode != "images")
-        if mode == "images":  # the images alone, labels or not (label-free monitoring on target training images)
-            self.pairs = [(img, None) for img, _ in self.pairs]
+        pairs = LAYOUTS[cfg.kind].find_pairs(self.root, cfg.split, need_train_ids=mode != "images")
+        # (image, train-id file); mode "images": the images alone, labels or not (label-free monitoring on target
+        # training images)
+        self.pairs = [(p.image, None if mode == "images" else p.label) for p in pairs]
         # a layout has a label for every image or no label folder at all (`find_pairs`): an unlabelled val split
         # gets the label-free metrics only (issue 19)
         self.has_labels = all(label is not None for _, label in self.pairs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import yaml
@@ -18,6 +19,15 @@ from mfmseg.data.labels import CITYSCAPES_ID_TO_TRAIN_ID, SYNTHIA_ID_TO_TRAIN_ID
 from mfmseg.errors import UserError, yaml_error_line
 
 TRAIN_ID_SUFFIX = "_labelTrainIds.png"
+
+
+class Pair(NamedTuple):
+    """An image and its label (None: an unlabelled split). `color_label`: the label as the dataset stores it is
+    colour-coded in the Cityscapes palette (the layout's `color_label_dir`), so `prepare` decodes it by colour; when
+    `label` is the train-id file written beside it, the flag still says what that file was converted from."""
+    image: Path
+    label: Path | None
+    color_label: bool = False
 
 
 @dataclass(frozen=True)
@@ -55,12 +65,14 @@ class Layout:
         stem = name[: -len("_labelIds.png")] if name.endswith("_labelIds.png") else name[: -len(".png")]
         return label.with_name(stem + TRAIN_ID_SUFFIX)
 
-    def _dirs(self, root: Path, split: str) -> tuple[Path, Path]:
+    def _dirs(self, root: Path, split: str) -> tuple[Path, Path, bool]:
+        """The image folder, the label folder and whether that folder holds colour-coded labels."""
         labels = root / self.label_dir.format(split=split)
         if self.color_label_dir and not labels.is_dir():
             colours = root / self.color_label_dir.format(split=split)
-            labels = colours if colours.is_dir() else labels
-        return root / self.image_dir.format(split=split), labels
+            if colours.is_dir():
+                return root / self.image_dir.format(split=split), colours, True
+        return root / self.image_dir.format(split=split), labels, False
 
     def _images(self, img_dir: Path) -> tuple[list[Path], str, str]:
         for image_suffix, label_suffix in ((self.image_suffix, self.label_suffix), *self.variants):
@@ -69,14 +81,14 @@ class Layout:
                 return images, image_suffix, label_suffix
         return [], self.image_suffix, self.label_suffix
 
-    def find_pairs(self, root: Path, split: str, need_train_ids: bool) -> list[tuple[Path, Path | None]]:
-        """Sorted (image, label) pairs; `label` is the train-id file when `need_train_ids`."""
+    def find_pairs(self, root: Path, split: str, need_train_ids: bool) -> list[Pair]:
+        """Sorted (image, label, color_label) pairs; `label` is the train-id file when `need_train_ids`."""
         root = Path(root)
         if root.exists() and not root.is_dir():
             raise UserError(f"dataset root {root} is a file, not a folder: give the folder that holds the dataset")
         if not root.is_dir():
             raise UserError(f"dataset root {root} does not exist")
-        img_dir, lbl_dir = self._dirs(root, split)
+        img_dir, lbl_dir, color = self._dirs(root, split)
         if not img_dir.is_dir():
             raise UserError(f"{self.kind} layout: missing folder {img_dir} (expected {self.image_dir.format(split=split)}"
                             f"/…{self.image_suffix} under {root})")
@@ -96,7 +108,7 @@ class Layout:
                 label = self.train_id_path(label)
                 if not label.is_file():
                     raise UserError(f"{label} is missing: run `mfmseg prepare {self.kind} {root}` first")
-            pairs.append((img, label))
+            pairs.append(Pair(img, label, color and label is not None))
         return pairs
 
 

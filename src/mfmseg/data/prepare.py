@@ -54,7 +54,7 @@ def read_color_label(path: Path, kind: str) -> np.ndarray:
     a file where most pixels match no palette colour is not a colour label of this palette (or was compressed)."""
     with open_image(path, "label") as img:
         if img.mode not in ("RGB", "RGBA"):
-            raise UserError(f"label {path} is a {img.mode} image: {kind} colour labels (semantic_rgb/) are RGB "
+            raise UserError(f"label {path} is a {img.mode} image: {kind} colour labels ({path.parent.name}/) are RGB "
                             f"PNGs in the Cityscapes palette")
         rgb = np.asarray(img.convert("RGB"))
     train_ids, unknown = decode_color_label(rgb, CITYSCAPES_PALETTE, CITYSCAPES_VOID_COLORS)
@@ -68,13 +68,12 @@ def _again(kind: str, root: Path) -> str:
     return f"delete it, or run `mfmseg prepare {kind} {root} --overwrite` to convert every label again"
 
 
-def _reused(path: Path, kind: str, root: Path, lut: np.ndarray) -> np.ndarray:
+def _reused(path: Path, kind: str, root: Path, lut: np.ndarray, color_label: bool) -> np.ndarray:
     """The train ids of a file an earlier run wrote, checked before they are trusted: a single-channel PNG holding
-    only ids this dataset's mapping writes (a file from another mapping, or damaged, is named with what to do)."""
+    only ids this dataset's mapping (or, for a colour-coded label, the palette) writes (a file from another mapping,
+    or damaged, is named with what to do)."""
     train_ids = read_train_ids(path)
-    valid = np.union1d(lut, [IGNORE_INDEX])
-    if LAYOUTS[kind].color_label_dir:
-        valid = np.union1d(valid, np.arange(len(CITYSCAPES_PALETTE)))
+    valid = np.union1d(np.arange(len(CITYSCAPES_PALETTE)) if color_label else lut, [IGNORE_INDEX])
     bad = np.setdiff1d(np.unique(train_ids), valid)
     if bad.size:
         raise UserError(f"{path} (kept from an earlier prepare) holds train ids {bad[:5].tolist()} that the {kind} "
@@ -83,13 +82,11 @@ def _reused(path: Path, kind: str, root: Path, lut: np.ndarray) -> np.ndarray:
 
 
 def _convert(job: tuple) -> dict:
-    label_path, out_path, kind, lut, rel, root, overwrite = job
+    label_path, color_label, out_path, kind, lut, rel, root, overwrite = job
     if out_path.exists() and not overwrite:
-        train_ids = _reused(out_path, kind, root, lut)
+        train_ids = _reused(out_path, kind, root, lut, color_label)
     else:
-        layout = LAYOUTS[kind]
-        colour_dir = layout.color_label_dir and label_path.parent.name == Path(layout.color_label_dir).name
-        if colour_dir:
+        if color_label:  # the layout found it in its colour-label folder (`Pair.color_label`)
             train_ids = read_color_label(label_path, kind)
         else:
             ids = read_label_ids(label_path, kind)
@@ -134,16 +131,16 @@ def prepare_dataset(kind: str, root: str | os.PathLike, nproc: int = 4, class_ma
     jobs, stats_split = [], []
     for split in layout.splits(root):
         pairs = layout.find_pairs(root, split, need_train_ids=False)
-        for _, label in pairs:
-            if label is None:
+        for pair in pairs:
+            if pair.label is None:
                 continue
-            out = layout.train_id_path(label)
+            out = layout.train_id_path(pair.label)
             rel = str(out.relative_to(root))
-            jobs.append((label, out, kind, lut, rel, root, overwrite))
+            jobs.append((pair.label, pair.color_label, out, kind, lut, rel, root, overwrite))
             stats_split.append(split == layout.stats_split)
     if not jobs:
         raise UserError(f"no label files found under {root} for a {kind} dataset")
-    _remove_leftovers([job[1] for job in jobs] + [root / name for name in STATS_FILES])
+    _remove_leftovers([job[2] for job in jobs] + [root / name for name in STATS_FILES])
     results = map_jobs(_convert, jobs, nproc if len(jobs) > 16 else 1, desc=f"prepare {kind}")
     train_stats = [r for r, keep in zip(results, stats_split) if keep]
     by_file = {s["file"]: {k: v for k, v in s.items() if k != "file"} for s in train_stats}
