@@ -12,7 +12,12 @@ from PIL import Image
 from mfmseg.cli import main
 from mfmseg.config import Config, DataConfig, DatasetConfig, RCSConfig, load_config
 from mfmseg.data.datasets import build_dataset
-from mfmseg.data.labels import CITYSCAPES_PALETTE, IDD_LEVEL1
+from mfmseg.data.labels import (
+    CITYSCAPES_PALETTE,
+    CITYSCAPES_VOID_COLORS,
+    IDD_LEVEL1,
+    decode_color_label,
+)
 from mfmseg.data.layouts import LAYOUTS
 from mfmseg.data.prepare import prepare_dataset
 from mfmseg.data.sampling import RareClassSampler
@@ -108,6 +113,40 @@ def test_prepare_kitti_refuses_a_colour_label_off_the_palette_in_one_line(tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "000000_10.png" in err[0] and "Cityscapes palette" in err[0]
     assert not (tmp_path / "training/semantic_rgb/000000_10_labelTrainIds.png").exists()
+
+
+def _decode_color_label_by_colour(rgb, palette, void=()):
+    """The former decoder, one pass per colour: the reference the one-pass lookup must equal."""
+    code = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+    out = np.full(code.shape, 255, np.uint8)
+    for train_id, (r, g, b) in enumerate(palette):
+        out[code == ((r << 16) | (g << 8) | b)] = train_id
+    known = out != 255
+    for r, g, b in void:
+        known |= code == ((r << 16) | (g << 8) | b)
+    return out, float(1 - known.mean()) if code.size else 0.0
+
+
+@pytest.mark.parametrize("off_palette", [0.0, 0.03, 0.3])
+def test_decode_color_label_in_one_pass_equals_the_per_colour_decoder(off_palette):
+    rng = np.random.default_rng(0)
+    colours = np.asarray(CITYSCAPES_PALETTE + CITYSCAPES_VOID_COLORS, np.uint8)
+    rgb = colours[rng.integers(len(colours), size=(61, 83))]
+    off = rng.random((61, 83)) < off_palette  # random colours: anti-aliasing, compression
+    rgb[off] = rng.integers(0, 256, size=(int(off.sum()), 3), dtype=np.uint8)
+    rgb[0, :3] = (0, 0, 71)  # a code between two palette codes, and the smallest and largest 24-bit codes
+    rgb[1, :3] = (0, 0, 0)
+    rgb[2, :3] = (255, 255, 255)
+    out, unknown = decode_color_label(rgb, CITYSCAPES_PALETTE, CITYSCAPES_VOID_COLORS)
+    ref_out, ref_unknown = _decode_color_label_by_colour(rgb, CITYSCAPES_PALETTE, CITYSCAPES_VOID_COLORS)
+    assert out.dtype == np.uint8 and np.array_equal(out, ref_out) and unknown == ref_unknown
+    assert set(np.unique(out)) == set(range(19)) | {255}
+    for palette, void in (((), ()), (CITYSCAPES_PALETTE, ()), ((), CITYSCAPES_VOID_COLORS),
+                          (CITYSCAPES_PALETTE[:3] + CITYSCAPES_PALETTE[:1], CITYSCAPES_PALETTE[1:2])):
+        got, ref = decode_color_label(rgb, palette, void), _decode_color_label_by_colour(rgb, palette, void)
+        assert np.array_equal(got[0], ref[0]) and got[1] == ref[1]  # no colours, duplicates, palette ∩ void
+    empty = np.zeros((0, 4, 3), np.uint8)
+    assert decode_color_label(empty, CITYSCAPES_PALETTE)[1] == 0.0
 
 
 def test_prepare_idd_lite_and_full_idd_naming(tmp_path):
