@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for newcomers and CI:
 #   bash run.sh demo        set up .venv (once) and run the built-in synthetic UDA demo
-#   bash run.sh test [ARGS] set up .venv with test extras (once) and run the whole test suite
+#   bash run.sh test [ARGS] set up .venv with test extras (once) and run the whole test suite, one worker per core
 #   bash run.sh mfmseg ...  any mfmseg command inside the environment
 # The environment is rebuilt only when pyproject.toml changes (a stamp file records its hash).
 set -euo pipefail
@@ -29,7 +29,8 @@ cmd=${1:-demo}
 shift || true
 case "$cmd" in
     demo) setup test; exec "$VENV/bin/mfmseg" demo "$@" ;;
-    test) setup test; exec "$VENV/bin/python" -m pytest "$@" ;;
+    # one pytest-xdist worker per core (tests/conftest.py gives each its share of threads); `-n 0` runs in one process
+    test) setup test; exec "$VENV/bin/python" -m pytest -n auto --dist worksteal "$@" ;;
     mfmseg) setup test; exec "$VENV/bin/mfmseg" "$@" ;;
     *) echo "usage: bash run.sh {demo|test|mfmseg} [ARGS...]" >&2; exit 2 ;;
 esac

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import built_once
 from PIL import Image
 
 from mfmseg.cli import main
@@ -36,19 +37,22 @@ pytestmark = pytest.mark.slow
 NET = ["model.name=deeplabv2_r18", "model.decoder_channels=null", "model.pretrained=null"]
 
 
-@pytest.fixture(scope="module")
+RUNS = {"dacs": [], "mfm": ["uda.mfm.enabled=true"]}
+
+
+@pytest.fixture(scope="session")
 def exported(tmp_path_factory, tiny_overrides) -> dict[str, tuple[Path, Path]]:
-    """{"dacs", "mfm"}: (training checkpoint, its ONNX export) of the same network, trained for 2 iterations."""
+    """{"dacs", "mfm"}: (training checkpoint, its ONNX export) of the same network, trained for 2 iterations;
+    built once per session (`built_once`)."""
     from mfmseg.engine.training.trainer import train
 
-    wd = tmp_path_factory.mktemp("onnx")
-    result = {}
-    for name, extra in [("dacs", []), ("mfm", ["uda.mfm.enabled=true"])]:
-        train(load_config("synthetic_dacs", tiny_overrides(wd / name, *NET, *extra, "train.max_iters=2",
-                                                            "train.panel_interval=0", "train.eval_interval=-1")))
-        ckpt = wd / name / "latest.pth"
-        result[name] = (ckpt, export_onnx(ckpt, wd / f"{name}.onnx").path)
-    return result
+    def build(wd: Path) -> None:
+        for name, extra in RUNS.items():
+            train(load_config("synthetic_dacs", tiny_overrides(wd / name, *NET, *extra, "train.max_iters=2",
+                                                                "train.panel_interval=0", "train.eval_interval=-1")))
+            export_onnx(wd / name / "latest.pth", wd / f"{name}.onnx")
+    wd = built_once(tmp_path_factory, "onnx_exported", build)
+    return {name: (wd / name / "latest.pth", wd / f"{name}.onnx") for name in RUNS}
 
 
 def _op_counts(path: Path) -> Counter:
