@@ -98,6 +98,7 @@ def _three_class_model(onnx: bool) -> Callable[[Ctx], None]:
     replaced); small.yaml: a 19-class config whose val resize keeps a wrong evaluation short."""
     def setup(c: Ctx) -> None:
         cfg = load_config("synthetic_dacs", ["model.pretrained=null", "model.num_classes=3",
+                                             "model.name=deeplabv2_r18", "model.decoder_channels=null",
                                              "uda.fd.thing_classes=[1,2]", "data.val.resize=[64,32]"])
         torch.save({"format": MODEL_FORMAT, "config": to_dict(cfg),
                     "state_dict": build_model(cfg.model).state_dict()}, c.tmp / "m3.pth")
@@ -776,6 +777,7 @@ def test_default_val_root_names_its_key(tmp_path, tiny_benchmark, monkeypatch, c
     assert not (tmp_path / "wd").exists()
 
 
+@pytest.mark.slow  # twelve fake-tensor steps of a real network (4 variants x 3 probes): seconds
 def test_cost_of_a_huge_batch_answers_from_small_ones(capsys, monkeypatch):
     """`mfmseg cost PRESET data.batch_size=100000` ran a fake step of 100000 images, image by image (minutes); the
     step is now measured at three small batches and scaled exactly: no step runs at the user's batch."""
@@ -867,8 +869,10 @@ def _signal_after_checkpoint(argv: list[str], tmp_path: Path, sig: int) -> tuple
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killed_run_resumes(sig, tmp_path, tiny_benchmark):
-    """A run killed right after a checkpoint resumes to the end; no temporary file is left. SIGTERM (a
-    scheduler's time limit) ends it in one line with the shell's 128 + 15, no traceback."""
+    """A run killed right after a checkpoint resumes and trains on; no temporary file is left. SIGTERM (a
+    scheduler's time limit) ends it in one line with the shell's 128 + 15, no traceback. The run is long (40
+    iterations) so that the signal always lands mid-run; the resume stops 2 iterations after the checkpoint it
+    reads (that a resumed run equals an uninterrupted one: test_engine_train)."""
     argv = [sys.executable, "-m", "mfmseg", "train", "synthetic_dacs",
             *tiny(tiny_benchmark, tmp_path / "run", "train.max_iters=40", "train.checkpoint_interval=1",
                   "train.eval_interval=0")]
@@ -878,9 +882,11 @@ def test_killed_run_resumes(sig, tmp_path, tiny_benchmark):
         assert proc.returncode == 143 and text.strip().splitlines()[-1] == "terminated", text[-2000:]
         assert "Traceback" not in text
     assert (tmp_path / "run" / "latest.pth").exists(), (tmp_path / "log.txt").read_text()[-2000:]
-    out = subprocess.run(argv + ["train.resume=true"], env=ENV, capture_output=True, text=True, timeout=600)
+    done = load_train_checkpoint(tmp_path / "run" / "latest.pth")["iteration"]
+    out = subprocess.run(argv + ["train.resume=true", f"train.max_iters={done + 2}"], env=ENV, capture_output=True,
+                         text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert load_train_checkpoint(tmp_path / "run" / "latest.pth")["iteration"] == 40
+    assert load_train_checkpoint(tmp_path / "run" / "latest.pth")["iteration"] == done + 2
     assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]
 
 

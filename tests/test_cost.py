@@ -127,6 +127,7 @@ def test_a_large_batch_is_scaled_exactly(monkeypatch):
         {v: (c.graphs, c.flops) for v, c in direct.steps.items()}
 
 
+@pytest.mark.slow  # twelve fake-tensor steps of a real network (4 variants x 3 probes): seconds
 def test_a_batch_that_does_not_scale_is_refused_with_its_memory(monkeypatch, capsys):
     from mfmseg.engine.tools import cost
 

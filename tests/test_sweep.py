@@ -288,14 +288,14 @@ def test_real_sweep_table_matches_summaries_and_a_rerun_redoes_only_the_missing_
                                                                                       capsys):
     out = tmp_path / "sw"
     common = [o for o in tiny_overrides(tmp_path / "unused") if not o.startswith("work_dir=")]
-    common += ["train.panel_interval=0", "train.eval_interval=4"]
+    common += ["train.panel_interval=0", "train.max_iters=2", "train.eval_interval=2"]
     argv = ["sweep", "synthetic_dacs", "so=synthetic_dacs uda.method=source_only", "--seeds", "0", "1",
             "--baseline", "so", "--out", str(out), *(a for o in common for a in ("--set", o))]
     assert main(argv) == 0
     capsys.readouterr()
     summaries = {(label, seed): json.loads((out / "runs" / label / f"seed{seed}" / "summary.json").read_text())
                  for label in ("synthetic_dacs", "so") for seed in (0, 1)}
-    assert all(s["iters"] == 4 and s["config"]["seed"] == seed for (_, seed), s in summaries.items())
+    assert all(s["iters"] == 2 and s["config"]["seed"] == seed for (_, seed), s in summaries.items())
     assert summaries["so", 0]["config"]["uda"]["method"] == "source_only"
     res = json.loads((out / "results.json").read_text())
     md = (out / "results.md").read_text()
