@@ -19,7 +19,7 @@ import pytest
 from mfmseg.cli import main
 from mfmseg.engine.tools.sweep import processes, progress
 from mfmseg.engine.tools.sweep.aggregation import aggregate, mean_std, paired_difference, per_class_means
-from mfmseg.engine.tools.sweep.plan import Run, RunSpec, config_difference, parse_spec, run_state
+from mfmseg.engine.tools.sweep.plan import SweepRun, RunSpec, config_difference, parse_spec, run_state
 from mfmseg.engine.tools.sweep.processes import slot_env, threads_per_job, train_argv, visible_gpus
 from mfmseg.engine.tools.sweep.results import results_markdown
 from mfmseg.engine.tools.sweep.run import run_sweep
@@ -95,7 +95,7 @@ def test_run_state_and_train_argv(tmp_path):
     assert run_state(wd) == "fresh"
     (wd / "latest.pth").write_bytes(b"")
     assert run_state(wd) == "resume"
-    run = Run(RunSpec("x", "synthetic_dacs", ("a.b=1",)), 0, wd, ["a.b=1", f"work_dir={wd}", "seed=0"], "resume")
+    run = SweepRun(RunSpec("x", "synthetic_dacs", ("a.b=1",)), 0, wd, ["a.b=1", f"work_dir={wd}", "seed=0"], "resume")
     assert train_argv(run)[1:] == ["-m", "mfmseg", "train", "synthetic_dacs", "a.b=1", f"work_dir={wd}", "seed=0",
                                    "train.resume=true"]
     assert run.log == tmp_path / "seed0.log"
@@ -350,7 +350,7 @@ class _Terminal:
 def test_live_progress_of_running_trainings(tmp_path):
     """On a terminal, the running trainings' iteration, it/s and ETA, from each run's newest complete log row;
     'starting' before the first row; nothing at all when the output is a log."""
-    runs = [Run(RunSpec("dacs", "synthetic_dacs"), seed, tmp_path / f"seed{seed}", [], max_iters=100)
+    runs = [SweepRun(RunSpec("dacs", "synthetic_dacs"), seed, tmp_path / f"seed{seed}", [], max_iters=100)
             for seed in (0, 1)]
     runs[0].work_dir.mkdir()
     (runs[0].work_dir / "metrics.jsonl").write_text(

@@ -3,7 +3,8 @@
 An encoder describes the levels it returns (`feature_info`: channels and stride per level, timm's idea), so that
 nothing downstream keeps a per-family table of channels or strides, and it owns the conversion of its released
 weights (`convert_state_dict`), so that weight loading never branches on the encoder's type. A new backbone is
-one file with a class that has these members, plus one `ModelSpec` line in `models.zoo`.
+one file with a class that has these members, plus one `ModelSpec` line and its import in `models.zoo`
+(docs/architecture.md lists the tests a new backbone joins).
 """
 
 from __future__ import annotations

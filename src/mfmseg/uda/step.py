@@ -34,7 +34,7 @@ from mfmseg.uda.term import AuxiliaryLoss, MixedPass, Run, SourcePass, TargetPas
 
 def build_terms(student: SegmentationModel, cfg: UDAConfig, crop_hw: Sequence[int]) -> dict[str, AuxiliaryLoss]:
     """The auxiliary losses switched on by the config, in the order they run within each pass (and so in which
-    they draw randomness). A new term is one line here."""
+    they draw randomness). A new term is one line here (and its import)."""
     self_training = cfg.method != "source_only"
     terms: dict[str, AuxiliaryLoss] = {}
     if cfg.fd.enabled and self_training:

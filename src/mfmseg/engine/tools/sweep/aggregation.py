@@ -5,7 +5,7 @@ from __future__ import annotations
 import statistics
 from typing import Mapping, Sequence
 
-from mfmseg.engine.tools.sweep.plan import Run
+from mfmseg.engine.tools.sweep.plan import SweepRun
 
 
 
@@ -38,7 +38,7 @@ def per_class_means(per_class: Sequence[Mapping[str, float | None]]) -> dict[str
     return means
 
 
-def run_record(run: Run) -> dict:
+def run_record(run: SweepRun) -> dict:
     """What the JSON keeps of a run: its numbers, status and where it lives."""
     s = run.summary or {}
     return {"label": run.spec.label, "seed": run.seed, "status": run.status, "work_dir": str(run.work_dir),

@@ -31,7 +31,7 @@ class RunSpec:
 
 
 @dataclass
-class Run:
+class SweepRun:
     """One (spec, seed) training: its work dir, full override list and what to do with it."""
     spec: RunSpec
     seed: int
@@ -135,10 +135,10 @@ def _load_spec(spec: RunSpec, common: Sequence[str]) -> dict:
         raise UserError(f"sweep spec {spec.text or spec.label!r}: {e}") from None
 
 
-def _plan_run(spec: RunSpec, config: dict, seed: int, out: Path, common: Sequence[str]) -> Run:
+def _plan_run(spec: RunSpec, config: dict, seed: int, out: Path, common: Sequence[str]) -> SweepRun:
     work_dir = out / "runs" / spec.label / f"seed{seed}"
     overrides = [*common, *spec.overrides, f"work_dir={work_dir}", f"seed={seed}"]
-    run = Run(spec=spec, seed=seed, work_dir=work_dir, overrides=overrides, state=run_state(work_dir),
+    run = SweepRun(spec=spec, seed=seed, work_dir=work_dir, overrides=overrides, state=run_state(work_dir),
               max_iters=int(config["train"]["max_iters"]))
     saved = _saved_config(work_dir, run.state) if run.state != "fresh" else None
     diff = config_difference(saved, {**config, "seed": seed}) if saved else None
@@ -148,7 +148,7 @@ def _plan_run(spec: RunSpec, config: dict, seed: int, out: Path, common: Sequenc
     return run
 
 
-def plan_sweep(specs: Sequence[RunSpec], seeds: Sequence[int], out: Path, common: Sequence[str]) -> list[Run]:
+def plan_sweep(specs: Sequence[RunSpec], seeds: Sequence[int], out: Path, common: Sequence[str]) -> list[SweepRun]:
     """Every (seed, spec) run, seed-major, each config loaded and checked before anything trains."""
     _check_reserved(common, "--set")
     configs = {spec.label: _load_spec(spec, common) for spec in specs}

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 
 import mfmseg
-from mfmseg.engine.tools.sweep.plan import Run
+from mfmseg.engine.tools.sweep.plan import SweepRun
 from mfmseg.engine.tools.sweep.progress import LiveLine
 
 
@@ -54,13 +54,13 @@ def slot_env(env: dict[str, str], slot: int, jobs: int, gpus: Sequence[str]) -> 
     return {**env, "CUDA_VISIBLE_DEVICES": gpus[slot % len(gpus)]}
 
 
-def train_argv(run: Run) -> list[str]:
+def train_argv(run: SweepRun) -> list[str]:
     """The child's command line: exactly what a user would type to train this run alone."""
     resume = ["train.resume=true"] if run.state == "resume" else []
     return [sys.executable, "-m", "mfmseg", "train", run.spec.config, *run.overrides, *resume]
 
 
-def _start(run: Run, env: dict[str, str], pass_fds: Sequence[int]) -> tuple[subprocess.Popen, object]:
+def _start(run: SweepRun, env: dict[str, str], pass_fds: Sequence[int]) -> tuple[subprocess.Popen, object]:
     if run.state == "fresh" and run.work_dir.exists():
         shutil.rmtree(run.work_dir)  # a run killed before its first checkpoint: stale metrics.jsonl, tb events
     run.work_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -73,7 +73,7 @@ def _start(run: Run, env: dict[str, str], pass_fds: Sequence[int]) -> tuple[subp
                             pass_fds=tuple(pass_fds)), log
 
 
-def execute(runs: Sequence[Run], jobs: int, on_done: Callable[[Run, int, float], None],
+def execute(runs: Sequence[SweepRun], jobs: int, on_done: Callable[[SweepRun, int, float], None],
             pass_fds: Sequence[int] = (), live: LiveLine | None = None) -> None:
     """Train `runs` as subprocesses, at most `jobs` at once; `on_done(run, returncode, seconds)` as each ends.
     On an exception (Ctrl-C, SIGTERM) the running children are terminated: their last checkpoints resume later.

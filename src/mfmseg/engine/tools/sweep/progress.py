@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from mfmseg.engine.tools.sweep.plan import Run
+from mfmseg.engine.tools.sweep.plan import SweepRun
 
 
 
@@ -48,7 +48,7 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}:{s:02d}" if minutes >= 60 else f"{minutes}:{s:02d}"
 
 
-def run_progress(run: Run) -> str:
+def run_progress(run: SweepRun) -> str:
     """`LABEL sS: iteration/max, it/s, ETA` from the run's newest log row ('starting' before its first)."""
     row = last_train_row(run.work_dir / "metrics.jsonl")
     name = f"{run.spec.label} s{run.seed}"
@@ -69,7 +69,7 @@ class LiveLine:
         self.drawn_at = 0.0
         self.visible = False
 
-    def draw(self, runs: Sequence[Run]) -> None:
+    def draw(self, runs: Sequence[SweepRun]) -> None:
         if self.stream is None or not runs or time.monotonic() - self.drawn_at < 1.0:
             return
         self.drawn_at = time.monotonic()

@@ -13,7 +13,7 @@ from typing import Iterator, Sequence
 
 
 from mfmseg.engine.tools.sweep.aggregation import aggregate, run_record
-from mfmseg.engine.tools.sweep.plan import Run, RunSpec, check_args, parse_spec, plan_sweep
+from mfmseg.engine.tools.sweep.plan import SweepRun, RunSpec, check_args, parse_spec, plan_sweep
 from mfmseg.engine.tools.sweep.processes import execute, threads_per_job
 from mfmseg.engine.tools.sweep.progress import LiveLine, log_tail
 from mfmseg.engine.tools.sweep.results import format_number, write_results
@@ -44,9 +44,9 @@ def _exclusive(out: Path) -> Iterator[list[int]]:
 class _Progress:
     total: int
     finished: int = 0
-    failed: list[Run] = field(default_factory=list)
+    failed: list[SweepRun] = field(default_factory=list)
 
-    def report(self, run: Run, code: int, seconds: float) -> None:
+    def report(self, run: SweepRun, code: int, seconds: float) -> None:
         self.finished += 1
         where = f"[{self.finished}/{self.total}] {run.spec.label} seed {run.seed}"
         left = f"{self.total - self.finished} left"
@@ -59,7 +59,7 @@ class _Progress:
         print(f"{where}: FAILED (exit {code}) after {seconds:.0f} s, {left}; log: {run.log}\n{tail}", flush=True)
 
 
-def _finish_run(run: Run, code: int) -> None:
+def _finish_run(run: SweepRun, code: int) -> None:
     summary_path = run.work_dir / "summary.json"
     if code == 0 and summary_path.is_file():
         run.status, run.summary = "done", json.loads(summary_path.read_text())
@@ -99,7 +99,7 @@ def run_sweep(specs: Sequence[str | RunSpec], seeds: Sequence[int], out: str | o
         if len(todo) < len(runs):
             write_results(out, results())
 
-        def on_done(run: Run, code: int, seconds: float) -> None:
+        def on_done(run: SweepRun, code: int, seconds: float) -> None:
             _finish_run(run, code)
             progress.report(run, code, seconds)
             write_results(out, results())
