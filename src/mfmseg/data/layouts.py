@@ -46,6 +46,9 @@ class Layout:
     variants: tuple[tuple[str, str], ...] = ()
     # a folder of colour-coded labels (Cityscapes palette) used when `label_dir` is absent (KITTI's semantic_rgb/)
     color_label_dir: str | None = None
+    # label files are multi-channel 16-bit PNGs with the class id in this channel (RGB order; SYNTHIA: 0, the red
+    # one, which PIL cannot read); None: one class id per pixel in a single-channel or palette image
+    label_channel: int | None = None
 
     def splits(self, root: Path) -> list[str]:
         """The split folders that hold this layout's image folder (a stray folder beside them is not a split)."""
@@ -114,7 +117,8 @@ class Layout:
 
 LAYOUTS: dict[str, Layout] = {
     "gta": Layout("gta", "images", "labels", ".png", ".png", False, id_map=CITYSCAPES_ID_TO_TRAIN_ID),
-    "synthia": Layout("synthia", "RGB", "GT/LABELS", ".png", ".png", False, id_map=SYNTHIA_ID_TO_TRAIN_ID),
+    "synthia": Layout("synthia", "RGB", "GT/LABELS", ".png", ".png", False, id_map=SYNTHIA_ID_TO_TRAIN_ID,
+                      label_channel=0),
     "cityscapes": Layout("cityscapes", "leftImg8bit/{split}", "gtFine/{split}", "_leftImg8bit.png",
                          "_gtFine_labelIds.png", True, id_map=CITYSCAPES_ID_TO_TRAIN_ID),
     "acdc": Layout("acdc", "rgb_anon/{split}", "gt/{split}", "_rgb_anon.png", "_gt_labelIds.png", True,

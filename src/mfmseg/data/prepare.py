@@ -34,13 +34,14 @@ from mfmseg.files import atomic_write, atomic_write_text, temp_path
 LABEL_ID_MODES = {"1", "L", "P", "I", "I;16", "I;16L", "I;16B"}
 
 
-def read_label_ids(path: Path, kind: str) -> np.ndarray:
-    """Raw label ids as the dataset stores them (SYNTHIA: 16-bit, class id in PIL's first / cv2's last channel)."""
-    if kind == "synthia":
+def read_label_ids(path: Path, kind: str, channel: int | None = None) -> np.ndarray:
+    """Raw label ids as the dataset stores them: one id per pixel, or (`channel`: the layout's `label_channel`) the
+    ids in that RGB channel of a multi-channel 16-bit PNG, read with cv2 (BGR order) since PIL cannot."""
+    if channel is not None:
         raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if raw is None:
             raise UserError(f"cannot read label {path}")
-        return raw[:, :, 2].astype(np.int64) if raw.ndim == 3 else raw.astype(np.int64)
+        return raw[:, :, 2 - channel].astype(np.int64) if raw.ndim == 3 else raw.astype(np.int64)
     with open_image(path, "label") as img:
         mode, arr = img.mode, np.asarray(img)
     if mode not in LABEL_ID_MODES or arr.ndim != 2:
@@ -82,14 +83,14 @@ def _reused(path: Path, kind: str, root: Path, lut: np.ndarray, color_label: boo
 
 
 def _convert(job: tuple) -> dict:
-    label_path, color_label, out_path, kind, lut, rel, root, overwrite = job
+    label_path, color_label, channel, out_path, kind, lut, rel, root, overwrite = job
     if out_path.exists() and not overwrite:
         train_ids = _reused(out_path, kind, root, lut, color_label)
     else:
         if color_label:  # the layout found it in its colour-label folder (`Pair.color_label`)
             train_ids = read_color_label(label_path, kind)
         else:
-            ids = read_label_ids(label_path, kind)
+            ids = read_label_ids(label_path, kind, channel)
             if ids.max() >= len(lut):
                 ids = np.where(ids < len(lut), ids, 0)
             train_ids = lut[ids]
@@ -136,11 +137,11 @@ def prepare_dataset(kind: str, root: str | os.PathLike, nproc: int = 4, class_ma
                 continue
             out = layout.train_id_path(pair.label)
             rel = str(out.relative_to(root))
-            jobs.append((pair.label, pair.color_label, out, kind, lut, rel, root, overwrite))
+            jobs.append((pair.label, pair.color_label, layout.label_channel, out, kind, lut, rel, root, overwrite))
             stats_split.append(split == layout.stats_split)
     if not jobs:
         raise UserError(f"no label files found under {root} for a {kind} dataset")
-    _remove_leftovers([job[2] for job in jobs] + [root / name for name in STATS_FILES])
+    _remove_leftovers([job[3] for job in jobs] + [root / name for name in STATS_FILES])
     results = map_jobs(_convert, jobs, nproc if len(jobs) > 16 else 1, desc=f"prepare {kind}")
     train_stats = [r for r, keep in zip(results, stats_split) if keep]
     by_file = {s["file"]: {k: v for k, v in s.items() if k != "file"} for s in train_stats}
