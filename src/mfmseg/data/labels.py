@@ -3,6 +3,8 @@ named class sets a run can train in (`data.classes`: Cityscapes' 19, IDD's 7 lev
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,23 +96,24 @@ def decode_color_label(rgb: np.ndarray, palette: tuple[tuple[int, int, int], ...
                        void: tuple[tuple[int, int, int], ...] = ()) -> tuple[np.ndarray, float]:
     """Colour-coded label (H, W, 3) -> (train ids by exact colour, share of pixels whose colour is neither in
     `palette` nor in `void`). Colours outside the palette -> 255. Exact match only: an anti-aliased or
-    JPEG-compressed colour label shows up as a large unknown share, which the caller refuses.
-    One lookup for all colours, whatever their number: each pixel's 24-bit code r<<16|g<<8|b indexes, modulo the
-    smallest m that gives every known colour its own slot, a table of m (code, train id) slots (a pixel is known when
-    its slot holds its code). A palette colour also listed in `void` is the palette's; a repeated one, its last id."""
+    JPEG-compressed colour label shows up as a large unknown share, which the caller refuses. One lookup for all
+    colours: each pixel's 24-bit code r<<16|g<<8|b indexes `_color_table`."""
     code = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
-    table = {(r << 16) | (g << 8) | b: IGNORE_INDEX for r, g, b in void}
-    table.update({(r << 16) | (g << 8) | b: train_id for train_id, (r, g, b) in enumerate(palette)})
-    if not table or not code.size:
-        return np.full(code.shape, IGNORE_INDEX, np.uint8), 1.0 if code.size else 0.0
-    keys = np.array(list(table), np.int32)
-    m = next(m for m in range(len(keys), 1 << 25) if np.unique(keys % m).size == len(keys))  # m = 2^24 always does
-    slot_code = np.full(m, -1, np.int32)
-    slot_code[keys % m] = keys
-    slot_id = np.full(m, IGNORE_INDEX, np.uint8)
-    slot_id[keys % m] = list(table.values())
-    slot = code % m
-    known = slot_code[slot] == code
-    out = slot_id[slot]
-    out[~known] = IGNORE_INDEX
-    return out, float(1 - known.mean())
+    looked_up = _color_table(tuple(palette), tuple(void))[code]
+    known = looked_up != _UNKNOWN_COLOR
+    return np.where(known, looked_up, IGNORE_INDEX).astype(np.uint8), float(1 - known.mean()) if code.size else 0.0
+
+
+_UNKNOWN_COLOR = 256  # a table value no train id takes
+
+
+@functools.lru_cache(maxsize=4)
+def _color_table(palette: tuple[tuple[int, int, int], ...], void: tuple[tuple[int, int, int], ...]) -> np.ndarray:
+    """24-bit colour code -> train id (palette; a repeated colour keeps its last id, a palette colour also in `void`
+    is the palette's), IGNORE_INDEX (void) or _UNKNOWN_COLOR (neither): 32 MB, built once per process."""
+    table = np.full(1 << 24, _UNKNOWN_COLOR, np.uint16)
+    for r, g, b in void:
+        table[(r << 16) | (g << 8) | b] = IGNORE_INDEX
+    for train_id, (r, g, b) in enumerate(palette):
+        table[(r << 16) | (g << 8) | b] = train_id
+    return table
