@@ -19,7 +19,7 @@ import pytest
 from mfmseg.cli import main
 from mfmseg.engine.tools.sweep import processes, progress
 from mfmseg.engine.tools.sweep.aggregation import aggregate, mean_std, paired_difference, per_class_means
-from mfmseg.engine.tools.sweep.plan import SweepRun, RunSpec, config_difference, parse_spec, run_state
+from mfmseg.engine.tools.sweep.plan import RunSpec, SweepRun, config_difference, parse_spec, run_state
 from mfmseg.engine.tools.sweep.processes import slot_env, threads_per_job, train_argv, visible_gpus
 from mfmseg.engine.tools.sweep.results import results_markdown
 from mfmseg.engine.tools.sweep.run import run_sweep

@@ -13,7 +13,7 @@ from typing import Iterator, Sequence
 
 
 from mfmseg.engine.tools.sweep.aggregation import aggregate, run_record
-from mfmseg.engine.tools.sweep.plan import SweepRun, RunSpec, check_args, parse_spec, plan_sweep
+from mfmseg.engine.tools.sweep.plan import RunSpec, SweepRun, check_args, parse_spec, plan_sweep
 from mfmseg.engine.tools.sweep.processes import execute, threads_per_job
 from mfmseg.engine.tools.sweep.progress import LiveLine, log_tail
 from mfmseg.engine.tools.sweep.results import format_number, write_results
